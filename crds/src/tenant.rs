@@ -35,6 +35,7 @@ pub const MAX_TENANT_NAME: usize = 40;
     validation = Rule::new("self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$') && size(self.metadata.name) <= 40").message("metadata.name: a Tenant name must be a DNS label of at most 40 characters that starts with a letter, so that its namespace and database role names fit")
 )]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(oldSelf.__namespace__) || has(self.__namespace__)").message("spec.namespace is immutable: it cannot be removed once set"))]
 #[x_kube(validation = Rule::new("!has(self.models) || self.models.all(m, has(self.providers) && self.providers.exists(p, p.name == m.provider))").message("spec.models: every model must name a provider declared in spec.providers"))]
 pub struct TenantSpec {
     /// Human-readable name shown in dashboards and on invoices.

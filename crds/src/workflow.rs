@@ -40,7 +40,8 @@ pub struct WorkflowSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub input: Option<WorkflowInput>,
     /// Id of the first node.
-    #[schemars(regex(pattern = r"^[a-z][a-z0-9_-]{0,62}$"))]
+    // maxLength repeats the pattern's bound for the API server's CEL cost estimate.
+    #[schemars(regex(pattern = r"^[a-z][a-z0-9_-]{0,62}$"), length(max = 63))]
     pub start: String,
     /// Bounds of one run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -83,7 +84,8 @@ pub struct WorkflowLimits {
 #[x_kube(validation = Rule::new("!has(self.end) || !has(self.next)").message("an end node has no next"))]
 pub struct Node {
     /// Unique id within the workflow.
-    #[schemars(regex(pattern = r"^[a-z][a-z0-9_-]{0,62}$"))]
+    // maxLength repeats the pattern's bound for the API server's CEL cost estimate.
+    #[schemars(regex(pattern = r"^[a-z][a-z0-9_-]{0,62}$"), length(max = 63))]
     pub id: String,
     /// Ask an Agent (with its tools) and store its answer.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -1,0 +1,5 @@
+//! Metering, rating and budgets.
+
+pub mod budget;
+
+pub use budget::Budgets;

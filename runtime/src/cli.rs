@@ -1,0 +1,110 @@
+//! Command-line arguments; every flag can also come from the environment.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// The Agentry runtime.
+#[derive(Parser, Debug)]
+#[command(name = "agentry-runtime", version, about)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Serve one tenant (cluster mode): its bundle file, its database role, NATS.
+    Serve(ServeArgs),
+    /// Serve every tenant found in a folder of YAML (local development).
+    Dev(DevArgs),
+    /// Apply database migrations (run as the schema owner).
+    Migrate(MigrateArgs),
+}
+
+/// Options shared by `serve` and `dev`.
+#[derive(Args, Debug, Clone)]
+pub struct CommonArgs {
+    /// Address to listen on.
+    #[arg(long, env = "AGENTRY_LISTEN", default_value = "0.0.0.0:8080")]
+    pub listen: SocketAddr,
+    /// NATS server URL (JetStream enabled).
+    #[arg(
+        long,
+        env = "AGENTRY_NATS_URL",
+        default_value = "nats://127.0.0.1:4222"
+    )]
+    pub nats_url: String,
+    /// Most database connections in the pool.
+    #[arg(long, env = "AGENTRY_DB_MAX_CONNECTIONS", default_value_t = 16)]
+    pub db_max_connections: u32,
+    /// Log JSON lines instead of text.
+    #[arg(long, env = "AGENTRY_LOG_JSON", default_value_t = false)]
+    pub log_json: bool,
+    /// Seconds to wait for in-flight requests on shutdown.
+    #[arg(long, env = "AGENTRY_SHUTDOWN_GRACE_SECONDS", default_value_t = 20)]
+    pub shutdown_grace_seconds: u64,
+    /// Timeout of one non-streaming request, in seconds.
+    #[arg(long, env = "AGENTRY_REQUEST_TIMEOUT_SECONDS", default_value_t = 60)]
+    pub request_timeout_seconds: u64,
+    /// Largest request body in bytes.
+    #[arg(long, env = "AGENTRY_MAX_BODY_BYTES", default_value_t = 1024 * 1024)]
+    pub max_body_bytes: usize,
+    /// Replicas sharing the tenant's rate limits; each replica enforces its share.
+    #[arg(long, env = "AGENTRY_RATE_LIMIT_SHARDS", default_value_t = 1)]
+    pub rate_limit_shards: u32,
+    /// Name of this replica (budget leases, logs). Defaults to the host name.
+    #[arg(long, env = "AGENTRY_REPLICA_ID")]
+    pub replica_id: Option<String>,
+}
+
+/// `serve`.
+#[derive(Args, Debug, Clone)]
+pub struct ServeArgs {
+    /// Shared options.
+    #[command(flatten)]
+    pub common: CommonArgs,
+    /// The tenant's compiled bundle (a mounted ConfigMap); reloaded when it changes.
+    #[arg(
+        long,
+        env = "AGENTRY_BUNDLE",
+        default_value = "/etc/agentry/bundle/bundle.json"
+    )]
+    pub bundle: PathBuf,
+    /// Database URL with the tenant's login role.
+    #[arg(long, env = "AGENTRY_DATABASE_URL")]
+    pub database_url: String,
+}
+
+/// `dev`.
+#[derive(Args, Debug, Clone)]
+pub struct DevArgs {
+    /// Shared options.
+    #[command(flatten)]
+    pub common: CommonArgs,
+    /// Folder of YAML resources (Tenants and their objects); recompiled when it changes.
+    #[arg(long, env = "AGENTRY_MANIFESTS", default_value = "manifests/examples")]
+    pub manifests: PathBuf,
+    /// Database URL of an administrator (superuser or schema owner): dev mode migrates, creates
+    /// its shared role and the example tenants, then serves as the shared role.
+    #[arg(
+        long,
+        env = "AGENTRY_DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/agentry_dev"
+    )]
+    pub database_url: String,
+    /// Folder for local state: the shared role's password and the tenants' admin keys.
+    #[arg(long, env = "AGENTRY_STATE_DIR", default_value = ".dev")]
+    pub state_dir: PathBuf,
+}
+
+/// `migrate`.
+#[derive(Args, Debug, Clone)]
+pub struct MigrateArgs {
+    /// Database URL of the schema owner.
+    #[arg(long, env = "AGENTRY_DATABASE_URL")]
+    pub database_url: String,
+}

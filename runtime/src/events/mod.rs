@@ -1,0 +1,95 @@
+//! Events: written in the same transaction as the change they describe (transactional
+//! outbox), published to JetStream by the relay, and kept as the tenant's audit log.
+//! Types and payloads are documented in docs/events.md.
+
+use serde::Serialize;
+use serde_json::Value;
+use sqlx::PgConnection;
+use uuid::Uuid;
+
+use crate::tenancy::TenantId;
+
+pub mod audit;
+pub mod relay;
+
+/// JetStream stream that holds every tenant's events.
+pub const STREAM: &str = "AGENTRY";
+
+/// NATS subject of an event: `agentry.<tenant>.<type>`.
+pub fn subject(tenant_name: &str, event_type: &str) -> String {
+    format!("agentry.{tenant_name}.{event_type}")
+}
+
+/// An event to record.
+#[derive(Debug, Clone, Serialize)]
+pub struct NewEvent {
+    /// Dotted type, such as `apikey.created` (see docs/events.md).
+    pub type_: &'static str,
+    /// Payload version of this type.
+    pub version: i32,
+    /// What the event is about (an id), for filtering.
+    pub subject: Option<String>,
+    /// Who caused it (`key:<id>`, `user:<sub>`, `system`).
+    pub actor: Option<String>,
+    /// Payload.
+    pub data: Value,
+}
+
+impl NewEvent {
+    /// An event of `type_` (version 1) with `data`.
+    pub fn new(type_: &'static str, data: Value) -> Self {
+        Self {
+            type_,
+            version: 1,
+            subject: None,
+            actor: None,
+            data,
+        }
+    }
+
+    /// Sets the subject.
+    pub fn subject(mut self, subject: impl Into<String>) -> Self {
+        self.subject = Some(subject.into());
+        self
+    }
+
+    /// Sets the actor.
+    pub fn actor(mut self, actor: impl Into<String>) -> Self {
+        self.actor = Some(actor.into());
+        self
+    }
+}
+
+/// Records `event` for `tenant` in the caller's transaction: the audit row and its outbox
+/// entry commit or roll back with the change itself. Returns the event id (a UUIDv7).
+pub async fn emit(
+    conn: &mut PgConnection,
+    tenant: TenantId,
+    event: NewEvent,
+) -> Result<Uuid, sqlx::Error> {
+    let id = Uuid::now_v7();
+    let traceparent = crate::telemetry::current_traceparent();
+    sqlx::query(
+        "insert into agentry.events (tenant_id, id, type, version, subject, actor, data, traceparent)
+         values ($1, $2, $3, $4, $5, $6, $7, $8)",
+    )
+    .bind(tenant.0)
+    .bind(id)
+    .bind(event.type_)
+    .bind(event.version)
+    .bind(&event.subject)
+    .bind(&event.actor)
+    .bind(&event.data)
+    .bind(traceparent)
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query("insert into agentry.event_outbox (tenant_id, event_id) values ($1, $2)")
+        .bind(tenant.0)
+        .bind(id)
+        .execute(&mut *conn)
+        .await?;
+    sqlx::query("select pg_notify('agentry_outbox', '')")
+        .execute(&mut *conn)
+        .await?;
+    Ok(id)
+}

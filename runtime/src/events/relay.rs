@@ -1,0 +1,1 @@
+//! The outbox relay: publishes recorded events to JetStream, exactly once by message id.

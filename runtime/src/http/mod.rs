@@ -1,0 +1,97 @@
+//! The HTTP application: per-area routers merged into one, with request ids, metrics, JSON
+//! errors, body limits and timeouts.
+
+mod admin;
+mod docs;
+mod health;
+mod observe;
+
+use std::time::Duration;
+
+use axum::Router;
+use axum::error_handling::HandleErrorLayer;
+use axum::extract::DefaultBodyLimit;
+use axum::http::{HeaderName, StatusCode};
+use axum::response::IntoResponse;
+use docs::BearerAuth;
+use tower::ServiceBuilder;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use utoipa::OpenApi as _;
+use utoipa_axum::router::OpenApiRouter;
+
+use crate::error::ApiError;
+use crate::state::AppState;
+
+/// Header carrying the request id (set when the client sent none, echoed in the response).
+pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// Limits of the HTTP layer.
+#[derive(Debug, Clone, Copy)]
+pub struct HttpConfig {
+    /// Timeout of one non-streaming request.
+    pub request_timeout: Duration,
+    /// Largest request body.
+    pub max_body_bytes: usize,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            request_timeout: Duration::from_secs(60),
+            max_body_bytes: 1024 * 1024,
+        }
+    }
+}
+
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(title = "Agentry runtime API", description = "The tenant-facing API of an Agentry runtime. Authenticate with an API key (`Authorization: Bearer agk_...`) or an end-user JWT from the tenant's identity provider."),
+    components(schemas(crate::error::ErrorBody)),
+    modifiers(&BearerAuth)
+)]
+struct ApiDoc;
+
+/// The authenticated API (`/api/v1/...`), with its OpenAPI description.
+pub fn api_router(state: &AppState, config: HttpConfig) -> OpenApiRouter<AppState> {
+    let timeout = ServiceBuilder::new()
+        .layer(HandleErrorLayer::new(|_: tower::BoxError| async {
+            ApiError::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                "timeout",
+                "the request took too long",
+            )
+        }))
+        .timeout(config.request_timeout);
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .merge(crate::gateway::keys_api::router())
+        .merge(crate::events::audit::router())
+        .merge(admin::router())
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::gateway::authenticate,
+        ))
+        .layer(timeout)
+}
+
+/// The whole application.
+pub fn app(state: AppState, config: HttpConfig) -> Router {
+    let (api, openapi) = api_router(&state, config).split_for_parts();
+    let openapi = std::sync::Arc::new(openapi);
+    Router::new()
+        .merge(health::router())
+        .merge(docs::router(openapi))
+        .merge(api)
+        .fallback(|| async { ApiError::not_found("no such route") })
+        .layer(DefaultBodyLimit::max(config.max_body_bytes))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            observe::record,
+        ))
+        .layer(CatchPanicLayer::custom(|_| {
+            ApiError::internal("handler panicked").into_response()
+        }))
+        .layer(PropagateRequestIdLayer::new(REQUEST_ID))
+        .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
+        .with_state(state)
+}

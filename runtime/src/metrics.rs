@@ -1,0 +1,160 @@
+//! Prometheus metrics of the runtime, served at `/metrics`.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+/// Labels of HTTP request counts.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    /// Tenant name, or `-` before authentication.
+    pub tenant: String,
+    /// Route template, such as `/api/v1/keys/{id}`.
+    pub route: String,
+    /// HTTP method.
+    pub method: String,
+    /// Status code.
+    pub status: u16,
+}
+
+/// Labels of latency histograms.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabels {
+    /// Route template.
+    pub route: String,
+}
+
+/// Labels of limit rejections.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LimitLabels {
+    /// Tenant name.
+    pub tenant: String,
+    /// Which limit: `tenant_rpm`, `key_rpm`, `user_rpm`, `tenant_tpm`, `key_tpm`,
+    /// `user_tpm`, `streams`, `budget`.
+    pub limit: String,
+}
+
+/// Labels carrying a tenant.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TenantLabels {
+    /// Tenant name.
+    pub tenant: String,
+}
+
+/// Labels of bundle reloads.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReloadLabels {
+    /// Tenant name, or `-` for a folder that failed to compile as a whole.
+    pub tenant: String,
+    /// `applied`, `unchanged` or `rejected`.
+    pub result: String,
+}
+
+/// Every metric family of the runtime.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    /// Requests by tenant, route, method and status.
+    pub http_requests: Family<RequestLabels, Counter>,
+    /// Request latency by route.
+    pub http_latency: Family<RouteLabels, Histogram>,
+    /// Requests refused by a limit or the budget.
+    pub limit_rejections: Family<LimitLabels, Counter>,
+    /// Events waiting in the outbox.
+    pub outbox_pending: Family<TenantLabels, Gauge>,
+    /// Age in seconds of the oldest event waiting in the outbox.
+    pub outbox_lag_seconds: Family<TenantLabels, Gauge>,
+    /// Events published to JetStream.
+    pub events_published: Family<TenantLabels, Counter>,
+    /// Bundle reloads by result.
+    pub bundle_reloads: Family<ReloadLabels, Counter>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Registers every family.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("agentry");
+        let http_requests = Family::<RequestLabels, Counter>::default();
+        let http_latency = Family::<RouteLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.000_05, 2.0, 20))
+        });
+        let limit_rejections = Family::<LimitLabels, Counter>::default();
+        let outbox_pending = Family::<TenantLabels, Gauge>::default();
+        let outbox_lag_seconds = Family::<TenantLabels, Gauge>::default();
+        let events_published = Family::<TenantLabels, Counter>::default();
+        let bundle_reloads = Family::<ReloadLabels, Counter>::default();
+        registry.register(
+            "http_requests",
+            "HTTP requests by tenant, route, method and status",
+            http_requests.clone(),
+        );
+        registry.register(
+            "http_request_duration_seconds",
+            "HTTP request latency by route",
+            http_latency.clone(),
+        );
+        registry.register(
+            "limit_rejections",
+            "Requests refused by a rate limit, stream cap or budget",
+            limit_rejections.clone(),
+        );
+        registry.register(
+            "outbox_pending_events",
+            "Events written but not yet published to JetStream",
+            outbox_pending.clone(),
+        );
+        registry.register(
+            "outbox_lag_seconds",
+            "Age of the oldest unpublished event",
+            outbox_lag_seconds.clone(),
+        );
+        registry.register(
+            "events_published",
+            "Events published to JetStream",
+            events_published.clone(),
+        );
+        registry.register(
+            "bundle_reloads",
+            "Bundle reloads by result",
+            bundle_reloads.clone(),
+        );
+        Self {
+            registry,
+            http_requests,
+            http_latency,
+            limit_rejections,
+            outbox_pending,
+            outbox_lag_seconds,
+            events_published,
+            bundle_reloads,
+        }
+    }
+
+    /// Counts a rejection by `limit` for `tenant`.
+    pub fn rejected(&self, tenant: &str, limit: &str) {
+        self.limit_rejections
+            .get_or_create(&LimitLabels {
+                tenant: tenant.to_owned(),
+                limit: limit.to_owned(),
+            })
+            .inc();
+    }
+
+    /// The text exposition format.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}

@@ -1,0 +1,183 @@
+//! Process lifecycle shared by `serve` and `dev`: connections, background tasks, the HTTP
+//! server, and a graceful shutdown that drains requests and flushes buffers.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use sqlx::postgres::PgPoolOptions;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::billing::Budgets;
+use crate::bundles::{FileSource, TenantRegistry};
+use crate::cli::{CommonArgs, MigrateArgs, ServeArgs};
+use crate::db::{Db, RoleMode};
+use crate::gateway::auth::Authenticator;
+use crate::gateway::limits::Limiter;
+use crate::http::{HttpConfig, app};
+use crate::metrics::Metrics;
+use crate::state::{AppState, Shared};
+
+/// `agentry-runtime migrate`.
+pub async fn migrate(args: MigrateArgs) -> anyhow::Result<()> {
+    let pool = PgPoolOptions::new()
+        .max_connections(2)
+        .acquire_timeout(Duration::from_secs(10))
+        .connect(&args.database_url)
+        .await
+        .context("connecting to the database")?;
+    crate::db::migrate(&pool)
+        .await
+        .context("applying migrations")?;
+    println!("migrations applied");
+    Ok(())
+}
+
+/// `agentry-runtime serve`: one tenant, from its role and its bundle file.
+pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let _telemetry = crate::telemetry::init("agentry-runtime", args.common.log_json);
+    let db = Db::connect(&args.database_url, args.common.db_max_connections).await?;
+    let RoleMode::Tenant(tenant) = db.mode() else {
+        bail!(
+            "database role {:?} is a shared (dev mode) role; `serve` needs a tenant role",
+            db.role()
+        );
+    };
+    let mut tx = db.begin(tenant).await?;
+    let name: String = sqlx::query_scalar("select name from agentry.tenants where id = $1")
+        .bind(tenant.0)
+        .fetch_one(&mut *tx)
+        .await
+        .context("reading the tenant of the database role")?;
+    tx.commit().await?;
+    let registry = Arc::new(TenantRegistry::new(args.bundle.display().to_string()));
+    let source = FileSource::open(args.bundle.clone(), tenant, &name, &registry)
+        .map_err(anyhow::Error::msg)?;
+    let mut runtime = Runtime::start(db, registry, &args.common, false).await?;
+    let (registry, metrics, shutdown) = (
+        runtime.state.tenants.clone(),
+        runtime.state.metrics.clone(),
+        runtime.state.shutdown.clone(),
+    );
+    runtime
+        .tasks
+        .spawn(source.watch(registry, metrics, shutdown));
+    runtime.serve(&args.common).await
+}
+
+/// A started runtime: state and background tasks, before the HTTP server runs.
+#[derive(Debug)]
+pub struct Runtime {
+    /// Shared state.
+    pub state: AppState,
+    /// Background tasks, stopped by the shutdown token.
+    pub tasks: JoinSet<()>,
+}
+
+impl Runtime {
+    /// Connects NATS (in the background: the outbox keeps events while NATS is away) and
+    /// builds the state and background tasks.
+    pub async fn start(
+        db: Db,
+        tenants: Arc<TenantRegistry>,
+        common: &CommonArgs,
+        dev_mode: bool,
+    ) -> anyhow::Result<Self> {
+        let shutdown = shutdown_signal();
+        let nats = async_nats::ConnectOptions::new()
+            .retry_on_initial_connect()
+            .name("agentry-runtime")
+            .connect(common.nats_url.as_str())
+            .await
+            .with_context(|| format!("NATS URL {:?}", common.nats_url))?;
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(60))
+            .build()
+            .context("building the HTTP client")?;
+        let replica = common.replica_id.clone().unwrap_or_else(default_replica_id);
+        let metrics = Arc::new(Metrics::new());
+        let budgets = Arc::new(Budgets::new(db.clone(), replica));
+        let state = AppState::new(Shared {
+            auth: Authenticator::new(db.clone(), http.clone()),
+            limiter: Limiter::new(common.rate_limit_shards),
+            budgets,
+            metrics,
+            nats: Some(nats),
+            http,
+            tenants,
+            db,
+            shutdown,
+            dev_mode,
+        });
+        let tasks = JoinSet::new();
+        Ok(Self { state, tasks })
+    }
+
+    /// Serves HTTP until shutdown, then drains requests, stops tasks and flushes buffers.
+    pub async fn serve(mut self, common: &CommonArgs) -> anyhow::Result<()> {
+        let config = HttpConfig {
+            request_timeout: Duration::from_secs(common.request_timeout_seconds),
+            max_body_bytes: common.max_body_bytes,
+        };
+        let listener = tokio::net::TcpListener::bind(common.listen)
+            .await
+            .with_context(|| format!("listening on {}", common.listen))?;
+        tracing::info!(address = %listener.local_addr()?, "serving");
+        let shutdown = self.state.shutdown.clone();
+        let server = axum::serve(listener, app(self.state.clone(), config))
+            .with_graceful_shutdown(shutdown.clone().cancelled_owned());
+        let grace = Duration::from_secs(common.shutdown_grace_seconds);
+        let drained = async {
+            shutdown.cancelled().await;
+            tokio::time::sleep(grace).await;
+        };
+        tokio::select! {
+            result = server => result.context("HTTP server")?,
+            () = drained => tracing::warn!("shutdown grace period over; closing remaining connections"),
+        }
+        shutdown.cancel();
+        while let Some(result) = self.tasks.join_next().await {
+            if let Err(e) = result {
+                tracing::error!(error = %e, "background task failed");
+            }
+        }
+        self.state.budgets.flush().await;
+        tracing::info!("stopped");
+        Ok(())
+    }
+}
+
+/// A token cancelled on SIGTERM or Ctrl-C.
+pub fn shutdown_signal() -> CancellationToken {
+    let token = CancellationToken::new();
+    let trigger = token.clone();
+    tokio::spawn(async move {
+        let ctrl_c = tokio::signal::ctrl_c();
+        #[cfg(unix)]
+        let term = async {
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(mut s) => {
+                    s.recv().await;
+                }
+                Err(_) => std::future::pending::<()>().await,
+            }
+        };
+        #[cfg(not(unix))]
+        let term = std::future::pending::<()>();
+        tokio::select! {
+            _ = ctrl_c => {}
+            () = term => {}
+        }
+        tracing::info!("shutdown requested; draining");
+        trigger.cancel();
+    });
+    token
+}
+
+fn default_replica_id() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| format!("replica-{}", uuid::Uuid::new_v4()))
+}
