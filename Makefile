@@ -1,6 +1,8 @@
 # Agentry developer commands. `make test` is what CI runs (through .ci/run).
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
+# `#[sqlx::test]` creates a fresh database per test through this server.
+export DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/postgres
 
 .PHONY: test fmt fmt-check lint clippy unit crds dev bench setup
 
