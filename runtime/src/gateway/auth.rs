@@ -125,8 +125,8 @@ impl Authenticator {
         headers: &HeaderMap,
         presented: &str,
     ) -> Result<Caller, ApiError> {
-        let (key_id, secret) = apikeys::parse(presented)
-            .ok_or_else(|| ApiError::unauthorized("malformed API key"))?;
+        let (key_id, secret) =
+            apikeys::parse(presented).ok_or_else(|| ApiError::unauthorized("malformed API key"))?;
         let row = self
             .lookup(key_id)
             .await?
@@ -196,19 +196,12 @@ impl Authenticator {
                 }
             }
         };
-        let row = lookup
-            .cell
-            .get_or_try_init(|| self.query(key_id))
-            .await?;
+        let row = lookup.cell.get_or_try_init(|| self.query(key_id)).await?;
         Ok(row.clone())
     }
 
     async fn query(&self, key_id: &str) -> Result<Option<KeyRow>, ApiError> {
-        let _permit = self
-            .lookups
-            .acquire()
-            .await
-            .map_err(ApiError::internal)?;
+        let _permit = self.lookups.acquire().await.map_err(ApiError::internal)?;
         sqlx::query_as::<_, KeyRow>(
             "select tenant_id, id, secret_hash, scopes, revoked from agentry.lookup_api_key($1)",
         )
@@ -449,7 +442,12 @@ mod tests {
     #[test]
     fn unknown_scopes_are_dropped() {
         let scopes = key_scopes(
-            &["chat".into(), "superuser".into(), "chat".into(), "admin".into()],
+            &[
+                "chat".into(),
+                "superuser".into(),
+                "chat".into(),
+                "admin".into(),
+            ],
             Uuid::nil(),
         );
         assert_eq!(scopes, vec![Scope::Chat, Scope::Admin]);

@@ -338,22 +338,23 @@ pub fn verify(
     validation.set_required_spec_claims(&["exp", "iss", "aud"]);
     validation.set_issuer(&[config.issuer.as_str()]);
     validation.set_audience(&config.audiences);
-    let data = jsonwebtoken::decode::<Map<String, Value>>(token, &key.key, &validation).map_err(
-        |e| match e.into_kind() {
-            ErrorKind::InvalidSignature => JwtError::BadSignature,
-            ErrorKind::InvalidIssuer => JwtError::WrongIssuer,
-            ErrorKind::InvalidAudience => JwtError::WrongAudience,
-            ErrorKind::MissingRequiredClaim(claim) | ErrorKind::InvalidClaimFormat(claim) => {
-                JwtError::MissingClaim(claim)
+    let data =
+        jsonwebtoken::decode::<Map<String, Value>>(token, &key.key, &validation).map_err(|e| {
+            match e.into_kind() {
+                ErrorKind::InvalidSignature => JwtError::BadSignature,
+                ErrorKind::InvalidIssuer => JwtError::WrongIssuer,
+                ErrorKind::InvalidAudience => JwtError::WrongAudience,
+                ErrorKind::MissingRequiredClaim(claim) | ErrorKind::InvalidClaimFormat(claim) => {
+                    JwtError::MissingClaim(claim)
+                }
+                ErrorKind::InvalidAlgorithm
+                | ErrorKind::InvalidKeyFormat
+                | ErrorKind::InvalidRsaKey(_)
+                | ErrorKind::InvalidEcdsaKey
+                | ErrorKind::InvalidEddsaKey => mismatch(),
+                _ => JwtError::Malformed,
             }
-            ErrorKind::InvalidAlgorithm
-            | ErrorKind::InvalidKeyFormat
-            | ErrorKind::InvalidRsaKey(_)
-            | ErrorKind::InvalidEcdsaKey
-            | ErrorKind::InvalidEddsaKey => mismatch(),
-            _ => JwtError::Malformed,
-        },
-    )?;
+        })?;
     let claims = data.claims;
     let exp = numeric_claim(&claims, "exp")?.ok_or_else(|| JwtError::MissingClaim("exp".into()))?;
     if exp.saturating_add(LEEWAY_SECS) < now {

@@ -65,16 +65,46 @@ impl Source {
     }
 }
 
+/// How often key sets are fetched.
+#[derive(Debug, Clone, Copy)]
+pub struct JwksTiming {
+    /// How long a fetched key set is used.
+    pub ttl: Duration,
+    /// Shortest time between fetches caused by an unknown `kid`.
+    pub refetch_interval: Duration,
+    /// Shortest time between fetches while no fresh key set is held.
+    pub retry_interval: Duration,
+}
+
+impl Default for JwksTiming {
+    fn default() -> Self {
+        Self {
+            ttl: JWKS_TTL,
+            refetch_interval: REFETCH_INTERVAL,
+            retry_interval: RETRY_INTERVAL,
+        }
+    }
+}
+
 /// Key sets of every tenant served, by tenant name.
 #[derive(Debug, Default)]
 pub struct JwksCache {
     sources: DashMap<String, Arc<Source>>,
+    timing: JwksTiming,
 }
 
 impl JwksCache {
-    /// An empty cache.
+    /// An empty cache with the default timing.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// An empty cache with `timing` (tests shorten it).
+    pub fn with_timing(timing: JwksTiming) -> Self {
+        Self {
+            sources: DashMap::new(),
+            timing,
+        }
     }
 
     /// The key set to verify a token of `tenant` naming `kid`, refetched when the `kid` is
@@ -97,18 +127,20 @@ impl JwksCache {
         let Some(url) = url else {
             // Inline: nothing to refetch.
             let snap = source.snapshot();
-            return snap.keys.ok_or(snap.error.unwrap_or(JwtError::NoUsableKeys));
+            return snap
+                .keys
+                .ok_or(snap.error.unwrap_or(JwtError::NoUsableKeys));
         };
         let now = Instant::now();
         let seen = source.snapshot();
-        let fresh = seen.fetched_at.is_some_and(|t| now - t < JWKS_TTL);
+        let fresh = seen.fetched_at.is_some_and(|t| now - t < self.timing.ttl);
         if fresh && let Some(keys) = seen.keys.as_ref().filter(|k| k.has(kid)) {
             return Ok(keys.clone());
         }
         let gap = if fresh && seen.keys.is_some() {
-            REFETCH_INTERVAL
+            self.timing.refetch_interval
         } else {
-            RETRY_INTERVAL
+            self.timing.retry_interval
         };
         if seen.last_attempt.is_none_or(|t| now - t >= gap) {
             let _fetching = source.fetching.lock().await;
@@ -193,4 +225,181 @@ async fn fetch(http: &reqwest::Client, url: &str) -> Result<KeySet, JwtError> {
         body.extend_from_slice(&chunk);
     }
     KeySet::parse(&body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use agentry_crds::tenant::JwtAlgorithm;
+    use axum::Router;
+    use axum::http::StatusCode;
+    use axum::routing::get;
+    use jsonwebtoken::jwk::Jwk;
+    use jsonwebtoken::{Algorithm, EncodingKey};
+    use serde_json::{Value, json};
+
+    const ISSUER_PEM: &str = include_str!("../../../tests/auth_support/keys/rsa_issuer.pem");
+    const OTHER_PEM: &str = include_str!("../../../tests/auth_support/keys/rsa_other.pem");
+
+    fn jwk(pem: &str, kid: &str) -> Value {
+        let key = EncodingKey::from_rsa_pem(pem.as_bytes()).unwrap();
+        let mut jwk = Jwk::from_encoding_key(&key, Algorithm::RS256).unwrap();
+        jwk.common.key_id = Some(kid.to_owned());
+        serde_json::to_value(jwk).unwrap()
+    }
+
+    /// A JWKS endpoint on a local port whose document and health the test changes.
+    struct Issuer {
+        url: String,
+        document: Arc<RwLock<Option<Value>>>,
+        hits: Arc<AtomicUsize>,
+    }
+
+    async fn issuer(initial: Value) -> Issuer {
+        let document = Arc::new(RwLock::new(Some(initial)));
+        let hits = Arc::new(AtomicUsize::new(0));
+        let (doc, count) = (document.clone(), hits.clone());
+        let app = Router::new().route(
+            "/jwks.json",
+            get(move || {
+                let (doc, count) = (doc.clone(), count.clone());
+                async move {
+                    count.fetch_add(1, Ordering::SeqCst);
+                    match doc.read().clone() {
+                        Some(d) => (StatusCode::OK, d.to_string()),
+                        None => (StatusCode::INTERNAL_SERVER_ERROR, String::new()),
+                    }
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/jwks.json", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        Issuer {
+            url,
+            document,
+            hits,
+        }
+    }
+
+    fn config(url: &str) -> JwtConfig {
+        JwtConfig {
+            issuer: "https://issuer.example".into(),
+            audiences: vec!["agentry".into()],
+            jwks_url: Some(url.to_owned()),
+            jwks: None,
+            algorithms: vec![JwtAlgorithm::RS256],
+            user_claim: "sub".into(),
+        }
+    }
+
+    fn timing(ttl_ms: u64, refetch_ms: u64) -> JwksTiming {
+        JwksTiming {
+            ttl: Duration::from_millis(ttl_ms),
+            refetch_interval: Duration::from_millis(refetch_ms),
+            retry_interval: Duration::from_millis(refetch_ms),
+        }
+    }
+
+    #[tokio::test]
+    async fn unknown_kids_refetch_at_most_once_per_interval() {
+        let idp = issuer(json!({"keys": [jwk(ISSUER_PEM, "k1")]})).await;
+        let cache = JwksCache::with_timing(timing(60_000, 300));
+        let http = client();
+        let config = config(&idp.url);
+        let keys = |kid: &'static str| cache.keys(&http, "acme", "h", &config, Some(kid));
+
+        assert!(keys("k1").await.unwrap().has(Some("k1")));
+        assert!(keys("k1").await.unwrap().has(Some("k1")));
+        assert_eq!(
+            idp.hits.load(Ordering::SeqCst),
+            1,
+            "a known kid is served from the cache"
+        );
+
+        // The issuer rotates; a token with the new kid arrives right after the first fetch:
+        // too soon to refetch, so a flood of unknown kids costs nothing upstream.
+        *idp.document.write() =
+            Some(json!({"keys": [jwk(ISSUER_PEM, "k1"), jwk(OTHER_PEM, "k2")]}));
+        for _ in 0..20 {
+            assert!(!keys("k2").await.unwrap().has(Some("k2")));
+        }
+        assert_eq!(idp.hits.load(Ordering::SeqCst), 1);
+
+        tokio::time::sleep(Duration::from_millis(350)).await;
+        assert!(keys("k2").await.unwrap().has(Some("k2")));
+        assert_eq!(idp.hits.load(Ordering::SeqCst), 2);
+        assert!(!keys("k3").await.unwrap().has(Some("k3")));
+        assert_eq!(idp.hits.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn the_last_good_set_survives_a_failing_issuer() {
+        let idp = issuer(json!({"keys": [jwk(ISSUER_PEM, "k1")]})).await;
+        let cache = JwksCache::with_timing(timing(100, 50));
+        let http = client();
+        let config = config(&idp.url);
+        assert!(
+            cache
+                .keys(&http, "acme", "h", &config, Some("k1"))
+                .await
+                .is_ok()
+        );
+        *idp.document.write() = None;
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        // Expired, refetch fails: the old keys keep serving.
+        let keys = cache
+            .keys(&http, "acme", "h", &config, Some("k1"))
+            .await
+            .unwrap();
+        assert!(keys.has(Some("k1")));
+        assert_eq!(idp.hits.load(Ordering::SeqCst), 2);
+
+        // A tenant whose issuer never answered has no keys: 503, not 401.
+        let down = issuer(json!({})).await;
+        *down.document.write() = None;
+        let down_config = JwtConfig {
+            jwks_url: Some(down.url.clone()),
+            ..config
+        };
+        let err = cache
+            .keys(&http, "globex", "h", &down_config, Some("k1"))
+            .await
+            .unwrap_err();
+        assert_eq!(err, JwtError::KeysUnavailable);
+    }
+
+    fn client() -> reqwest::Client {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        reqwest::Client::new()
+    }
+
+    #[tokio::test]
+    async fn inline_sets_are_parsed_per_bundle_and_never_fetched() {
+        let cache = JwksCache::new();
+        let http = client();
+        let mut config = config("http://127.0.0.1:9/unused");
+        config.jwks_url = None;
+        config.jwks = Some(json!({"keys": [jwk(ISSUER_PEM, "k1")]}).to_string());
+        let first = cache
+            .keys(&http, "acme", "h1", &config, Some("k9"))
+            .await
+            .unwrap();
+        assert!(!first.has(Some("k9")) && first.has(Some("k1")));
+        config.jwks = Some(json!({"keys": [jwk(OTHER_PEM, "k9")]}).to_string());
+        // Same bundle hash: the parsed set is reused.
+        let same = cache
+            .keys(&http, "acme", "h1", &config, Some("k9"))
+            .await
+            .unwrap();
+        assert!(Arc::ptr_eq(&first, &same));
+        // A new bundle: parsed again.
+        let next = cache
+            .keys(&http, "acme", "h2", &config, Some("k9"))
+            .await
+            .unwrap();
+        assert!(next.has(Some("k9")) && !next.has(Some("k1")));
+    }
 }

@@ -141,7 +141,13 @@ fn rs256_to_hs256_swap_is_refused() {
         kid: Some("k1".into()),
     };
     assert!(matches!(
-        verify(&token, &header, keys.select(Some("k1")).unwrap(), &config(rs256()), NOW),
+        verify(
+            &token,
+            &header,
+            keys.select(Some("k1")).unwrap(),
+            &config(rs256()),
+            NOW
+        ),
         Err(JwtError::KeyMismatch { .. })
     ));
 }
@@ -223,12 +229,18 @@ fn audience_and_issuer_must_match() {
 fn keys_are_chosen_by_kid() {
     let other = rsa(OTHER_PEM);
     assert_eq!(
-        check(&sign(&claims(), Algorithm::RS256, Some("k9"), &other), rs256()),
+        check(
+            &sign(&claims(), Algorithm::RS256, Some("k9"), &other),
+            rs256()
+        ),
         Err(JwtError::UnknownKey("k9".into()))
     );
     // Signed by another key but naming the issuer's kid.
     assert_eq!(
-        check(&sign(&claims(), Algorithm::RS256, Some("k1"), &other), rs256()),
+        check(
+            &sign(&claims(), Algorithm::RS256, Some("k1"), &other),
+            rs256()
+        ),
         Err(JwtError::BadSignature)
     );
     // No kid: ambiguous with two keys, fine with one.
