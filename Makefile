@@ -23,6 +23,10 @@ unit:
 crds:
 	$(CARGO) run -q -p agentry-operator -- generate
 
+## Run the whole platform locally from manifests/examples (prints URL, keys and a curl line).
+dev:
+	scripts/dev.sh
+
 ## Make sure PostgreSQL and NATS are reachable (starting or installing them when needed).
 setup:
 	scripts/services.sh
