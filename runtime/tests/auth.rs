@@ -146,6 +146,15 @@ async fn keys_api_creates_lists_and_revokes(admin: sqlx::PgPool) {
     )
     .await
     .error(StatusCode::UNPROCESSABLE_ENTITY, "invalid_request");
+    call_raw(
+        &app,
+        Method::POST,
+        KEYS,
+        &as_admin,
+        Some("{not json".into()),
+    )
+    .await
+    .error(StatusCode::BAD_REQUEST, "bad_request");
     // Only admins manage keys.
     call(
         &app,

@@ -4,7 +4,7 @@
 //! stored; listings show the key id only. Creation and revocation each write an audit event
 //! (`apikey.created`, `apikey.revoked`) in the same transaction. See docs/auth.md.
 
-use axum::extract::rejection::{JsonRejection, PathRejection};
+use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::{Extension, Json};
@@ -18,6 +18,7 @@ use uuid::Uuid;
 use super::{Caller, Principal, Scope, apikeys};
 use crate::error::{ApiError, ApiResult};
 use crate::events::{self, NewEvent};
+use crate::http::ApiJson;
 use crate::state::AppState;
 
 /// Longest key name, in characters.
@@ -109,6 +110,8 @@ struct KeyRecord {
     responses(
         (status = 201, description = "The key; its plaintext is shown only in this answer", body = CreatedKey),
         (status = 400, description = "Malformed JSON", body = crate::error::ErrorBody),
+        (status = 413, description = "Body too large", body = crate::error::ErrorBody),
+        (status = 415, description = "Body is not JSON", body = crate::error::ErrorBody),
         (status = 401, description = "No valid credentials", body = crate::error::ErrorBody),
         (status = 403, description = "Missing the admin scope", body = crate::error::ErrorBody),
         (status = 422, description = "Invalid name or scope", body = crate::error::ErrorBody),
@@ -117,10 +120,9 @@ struct KeyRecord {
 async fn create_key(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
-    body: Result<Json<CreateKey>, JsonRejection>,
+    ApiJson(body): ApiJson<CreateKey>,
 ) -> ApiResult<(StatusCode, Json<CreatedKey>)> {
     caller.require(Scope::Admin)?;
-    let Json(body) = body.map_err(json_error)?;
     let name = valid_name(&body.name)?;
     let scopes = valid_scopes(&body.scopes)?;
     let scope_names: Vec<&str> = scopes.iter().map(|s| s.as_str()).collect();
@@ -310,18 +312,6 @@ fn valid_scopes(names: &[String]) -> ApiResult<Vec<Scope>> {
     scopes.sort();
     scopes.dedup();
     Ok(scopes)
-}
-
-fn json_error(rejection: JsonRejection) -> ApiError {
-    match rejection {
-        JsonRejection::JsonDataError(e) => ApiError::invalid(e.body_text()),
-        JsonRejection::MissingJsonContentType(_) => ApiError::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported_media_type",
-            "send the body as JSON with `Content-Type: application/json`",
-        ),
-        other => ApiError::bad_request(other.body_text()),
-    }
 }
 
 #[cfg(test)]

@@ -286,13 +286,24 @@ impl Answer {
     }
 }
 
-/// Sends one request to `app`.
+/// Sends one request to `app`, with `body` as JSON.
 pub async fn call(
     app: &Router,
     method: Method,
     uri: &str,
     headers: &[(&str, &str)],
     body: Option<Value>,
+) -> Answer {
+    call_raw(app, method, uri, headers, body.map(|b| b.to_string())).await
+}
+
+/// Sends one request to `app`, with `body` as is (labelled JSON).
+pub async fn call_raw(
+    app: &Router,
+    method: Method,
+    uri: &str,
+    headers: &[(&str, &str)],
+    body: Option<String>,
 ) -> Answer {
     let mut request = Request::builder().method(method).uri(uri);
     for (name, value) in headers {
@@ -301,7 +312,7 @@ pub async fn call(
     let request = match body {
         Some(body) => request
             .header("content-type", "application/json")
-            .body(Body::from(body.to_string())),
+            .body(Body::from(body)),
         None => request.body(Body::empty()),
     }
     .unwrap();
