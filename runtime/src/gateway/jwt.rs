@@ -10,7 +10,7 @@
 
 mod jwks;
 
-pub use jwks::JwksCache;
+pub use jwks::{JwksCache, JwksTiming};
 
 use std::collections::BTreeSet;
 use std::str::FromStr as _;

@@ -196,27 +196,60 @@ impl Harness {
     }
 
     /// Closes the pools and drops the roles this test created (roles are cluster-wide).
-    pub async fn cleanup(self) {
+    /// A test that panics before calling this still drops them, in [`Drop`].
+    pub async fn cleanup(mut self) {
         for db in &self.pools {
             db.pool().close().await;
         }
-        for role in &self.roles {
-            sqlx::query(
-                "select pg_terminate_backend(pid) from pg_stat_activity where usename = $1",
-            )
+        let mut conn = self.admin.acquire().await.unwrap();
+        drop_roles(&mut conn, &std::mem::take(&mut self.roles)).await;
+    }
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        if self.roles.is_empty() {
+            return;
+        }
+        // Unwinding from a failed assertion: no async context to rely on, so clean up on a
+        // thread of its own with its own connection.
+        let roles = std::mem::take(&mut self.roles);
+        let options = (*self.admin.connect_options()).clone();
+        let cleanup = std::thread::spawn(move || {
+            let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            runtime.block_on(async move {
+                use sqlx::Connection as _;
+                if let Ok(mut conn) = sqlx::PgConnection::connect_with(&options).await {
+                    drop_roles(&mut conn, &roles).await;
+                }
+            });
+        });
+        let _ = cleanup.join();
+    }
+}
+
+async fn drop_roles(conn: &mut sqlx::PgConnection, roles: &[String]) {
+    for role in roles {
+        let _ = sqlx::query(
+            "select pg_terminate_backend(pid) from pg_stat_activity where usename = $1",
+        )
+        .bind(role)
+        .execute(&mut *conn)
+        .await;
+        let _ = sqlx::query("delete from agentry.tenant_roles where role_name = $1")
             .bind(role)
-            .execute(&self.admin)
+            .execute(&mut *conn)
+            .await;
+        if let Err(e) = sqlx::raw_sql(sqlx::AssertSqlSafe(format!("drop role if exists {role}")))
+            .execute(&mut *conn)
             .await
-            .unwrap();
-            sqlx::query("delete from agentry.tenant_roles where role_name = $1")
-                .bind(role)
-                .execute(&self.admin)
-                .await
-                .unwrap();
-            sqlx::raw_sql(sqlx::AssertSqlSafe(format!("drop role if exists {role}")))
-                .execute(&self.admin)
-                .await
-                .unwrap();
+        {
+            eprintln!("could not drop test role {role}: {e}");
         }
     }
 }
