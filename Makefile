@@ -21,7 +21,7 @@ unit:
 
 ## Regenerate every generated file (CRDs, their Helm copy, docs/api.md) from the Rust types.
 crds:
-	$(CARGO) run -q -p agentry-operator -- generate
+	$(CARGO) run -q -p agentry-operator -- generate --copy-to helm/agentry/crds
 
 ## Make sure PostgreSQL and NATS are reachable (starting or installing them when needed).
 setup:
