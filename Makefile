@@ -2,10 +2,10 @@
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: test fmt fmt-check lint clippy unit crds dev bench setup
+.PHONY: test fmt fmt-check lint clippy unit crds kustomize-base tools dev bench setup
 
 ## Everything CI checks: formatting, lints, every test (drift checks included).
-test: fmt-check clippy unit
+test: tools fmt-check clippy unit
 
 fmt:
 	$(CARGO) fmt --all
@@ -22,6 +22,14 @@ unit:
 ## Regenerate every generated file (CRDs, their Helm copy, docs/api.md) from the Rust types.
 crds:
 	$(CARGO) run -q -p agentry-operator -- generate --copy-to helm/agentry/crds
+
+## Regenerate kustomize/base/agentry.yaml from the Helm chart (its default values).
+kustomize-base: tools
+	AGENTRY_BLESS=1 $(CARGO) test -q -p agentry-e2e --test install -- kustomize_base_is_the_rendered_chart
+
+## Install helm, kubectl and kubernetes-validate into .tools/ (the install tests use them).
+tools:
+	scripts/tools.sh
 
 ## Make sure PostgreSQL and NATS are reachable (starting or installing them when needed).
 setup:
