@@ -35,17 +35,27 @@ fn platform_application_installs_the_chart_with_valid_values() {
     let app = find(&objects, "Application");
     let source = &app["spec"]["source"];
     let path = source["path"].as_str().unwrap();
-    assert!(support::root().join(path).join("Chart.yaml").is_file(), "{path} is no chart");
+    assert!(
+        support::root().join(path).join("Chart.yaml").is_file(),
+        "{path} is no chart"
+    );
     let options: Vec<&str> = app["spec"]["syncPolicy"]["syncOptions"]
         .as_array()
         .unwrap()
         .iter()
         .filter_map(Value::as_str)
         .collect();
-    assert!(options.contains(&"ServerSideApply=true"), "CRDs need server-side apply");
+    assert!(
+        options.contains(&"ServerSideApply=true"),
+        "CRDs need server-side apply"
+    );
     // The values in the Application must pass the chart's schema.
     let file = support::scratch("argocd-values").join("values.yaml");
-    std::fs::write(&file, serde_json::to_string(&source["helm"]["valuesObject"]).unwrap()).unwrap();
+    std::fs::write(
+        &file,
+        serde_json::to_string(&source["helm"]["valuesObject"]).unwrap(),
+    )
+    .unwrap();
     let objects = support::template(&["-f", file.to_str().unwrap()]);
     assert!(objects.iter().any(|o| kind(o) == "PrometheusRule"));
 }
@@ -56,7 +66,9 @@ fn applicationset_makes_one_application_per_tenant_folder() {
     let set = find(&objects, "ApplicationSet");
     let generator = &set["spec"]["generators"][0]["git"];
     let pattern = generator["directories"][0]["path"].as_str().unwrap();
-    let parent = pattern.strip_suffix("/*").expect("a directory pattern `<dir>/*`");
+    let parent = pattern
+        .strip_suffix("/*")
+        .expect("a directory pattern `<dir>/*`");
     assert_eq!(parent, "kustomize/tenants");
     let folders = std::fs::read_dir(support::root().join(parent))
         .unwrap()
@@ -66,9 +78,18 @@ fn applicationset_makes_one_application_per_tenant_folder() {
     assert!(folders >= 2, "the example layout has tenants");
     let template = &set["spec"]["template"];
     assert_eq!(template["spec"]["source"]["path"], "{{ .path.path }}");
-    assert_eq!(template["spec"]["destination"]["namespace"], "tenant-{{ .path.basename }}");
-    assert_eq!(set["spec"]["syncPolicy"]["preserveResourcesOnDeletion"], true);
-    assert_eq!(template["spec"]["project"], find(&objects, "AppProject")["metadata"]["name"]);
+    assert_eq!(
+        template["spec"]["destination"]["namespace"],
+        "tenant-{{ .path.basename }}"
+    );
+    assert_eq!(
+        set["spec"]["syncPolicy"]["preserveResourcesOnDeletion"],
+        true
+    );
+    assert_eq!(
+        template["spec"]["project"],
+        find(&objects, "AppProject")["metadata"]["name"]
+    );
     // The project admits the agentry.dev kinds and nothing that could run code or grant rights.
     let project = find(&objects, "AppProject");
     let namespaced: BTreeSet<&str> = project["spec"]["namespaceResourceWhitelist"]
@@ -80,7 +101,10 @@ fn applicationset_makes_one_application_per_tenant_folder() {
             k["kind"].as_str().unwrap()
         })
         .collect();
-    assert_eq!(namespaced, BTreeSet::from(["Agent", "Tool", "Workflow", "FeatureFlag"]));
+    assert_eq!(
+        namespaced,
+        BTreeSet::from(["Agent", "Tool", "Workflow", "FeatureFlag"])
+    );
 }
 
 /// The health script of each agentry.dev kind.
@@ -144,26 +168,64 @@ fn health_checks_read_the_ready_condition() {
     let cases = [
         (Value::Null, 3, "Progressing", None),
         (json!({"observedGeneration": 3}), 3, "Progressing", None),
-        (ready("True", "Reconciled", "serving"), 3, "Healthy", Some("serving")),
+        (
+            ready("True", "Reconciled", "serving"),
+            3,
+            "Healthy",
+            Some("serving"),
+        ),
         (
             ready("False", "Invalid", "spec.tools: unknown tool lookup"),
             3,
             "Degraded",
             Some("spec.tools: unknown tool lookup"),
         ),
-        (ready("False", "Error", "database unreachable"), 3, "Degraded", Some("database unreachable")),
-        (ready("False", "Progressing", "rolling out"), 3, "Progressing", Some("rolling out")),
-        (ready("False", "Waiting", "namespace pending"), 3, "Progressing", Some("namespace pending")),
-        (ready("False", "Suspended", "suspended by spec"), 3, "Suspended", Some("suspended by spec")),
-        (ready("Unknown", "Progressing", ""), 3, "Progressing", Some("")),
+        (
+            ready("False", "Error", "database unreachable"),
+            3,
+            "Degraded",
+            Some("database unreachable"),
+        ),
+        (
+            ready("False", "Progressing", "rolling out"),
+            3,
+            "Progressing",
+            Some("rolling out"),
+        ),
+        (
+            ready("False", "Waiting", "namespace pending"),
+            3,
+            "Progressing",
+            Some("namespace pending"),
+        ),
+        (
+            ready("False", "Suspended", "suspended by spec"),
+            3,
+            "Suspended",
+            Some("suspended by spec"),
+        ),
+        (
+            ready("Unknown", "Progressing", ""),
+            3,
+            "Progressing",
+            Some(""),
+        ),
         // A status written for an older spec says nothing about the current one.
-        (ready("True", "Reconciled", "serving"), 4, "Progressing", None),
+        (
+            ready("True", "Reconciled", "serving"),
+            4,
+            "Progressing",
+            None,
+        ),
     ];
     for (kind, script) in health_scripts() {
         for (status, generation, expected, message) in &cases {
             let obj = object(&kind, *generation, status.clone());
             let (got, got_message) = health(&script, &obj);
-            assert_eq!(&got, expected, "{kind} with status {status} at generation {generation}");
+            assert_eq!(
+                &got, expected,
+                "{kind} with status {status} at generation {generation}"
+            );
             if let Some(message) = message {
                 assert_eq!(got_message.as_deref(), Some(*message), "{kind}: {status}");
             }

@@ -37,9 +37,16 @@ fn default_render_is_valid_and_minimal() {
         "NetworkPolicy/agentry-operator",
         "NetworkPolicy/agentry-migrate",
     ] {
-        assert!(kinds.contains(&expected.to_owned()), "{expected} missing: {kinds:#?}");
+        assert!(
+            kinds.contains(&expected.to_owned()),
+            "{expected} missing: {kinds:#?}"
+        );
     }
-    assert_eq!(of_kind(objects, "CustomResourceDefinition").len(), 5, "{kinds:#?}");
+    assert_eq!(
+        of_kind(objects, "CustomResourceDefinition").len(),
+        5,
+        "{kinds:#?}"
+    );
     // Optional features are off by default: a cluster without the Prometheus Operator must be
     // able to install the chart as it is.
     for absent in [
@@ -49,7 +56,10 @@ fn default_render_is_valid_and_minimal() {
         "ConfigMap",
         "PodDisruptionBudget",
     ] {
-        assert!(of_kind(objects, absent).is_empty(), "{absent} rendered by default");
+        assert!(
+            of_kind(objects, absent).is_empty(),
+            "{absent} rendered by default"
+        );
     }
 }
 
@@ -57,7 +67,12 @@ fn default_render_is_valid_and_minimal() {
 fn full_render_is_valid_and_has_every_feature() {
     let objects = full_render();
     validate_all("full", objects);
-    for kind in ["ServiceMonitor", "PodMonitor", "PrometheusRule", "PodDisruptionBudget"] {
+    for kind in [
+        "ServiceMonitor",
+        "PodMonitor",
+        "PrometheusRule",
+        "PodDisruptionBudget",
+    ] {
         assert_eq!(of_kind(objects, kind).len(), 1, "one {kind}");
     }
     let dashboards = of_kind(objects, "ConfigMap");
@@ -81,14 +96,32 @@ const BAD_VALUES: &[(&str, &str)] = &[
     ("operator:\n  logFormat: yaml\n", "/operator/logFormat"),
     ("database:\n  sslmode: sometimes\n", "/database/sslmode"),
     ("database:\n  port: \"5432\"\n", "/database/port"),
-    ("database:\n  adminSecret:\n    name: Not_A_Name\n", "/database/adminSecret/name"),
+    (
+        "database:\n  adminSecret:\n    name: Not_A_Name\n",
+        "/database/adminSecret/name",
+    ),
     ("database:\n  adminSecret:\n    nme: x\n", "nme"),
     ("nats:\n  url: http://nats:4222\n", "/nats/url"),
-    ("networkPolicy:\n  postgres:\n    cidrs: [\"10.0.0.0\"]\n", "/networkPolicy/postgres/cidrs"),
-    ("networkPolicy:\n  nats:\n    cidrs: []\n", "/networkPolicy/nats/cidrs"),
-    ("prometheusRules:\n  availabilitySLO: 99.9\n", "/prometheusRules/availabilitySLO"),
-    ("image:\n  operator:\n    pullPolicy: Sometimes\n", "/image/operator/pullPolicy"),
-    ("serviceMonitor:\n  interval: soon\n", "/serviceMonitor/interval"),
+    (
+        "networkPolicy:\n  postgres:\n    cidrs: [\"10.0.0.0\"]\n",
+        "/networkPolicy/postgres/cidrs",
+    ),
+    (
+        "networkPolicy:\n  nats:\n    cidrs: []\n",
+        "/networkPolicy/nats/cidrs",
+    ),
+    (
+        "prometheusRules:\n  availabilitySLO: 99.9\n",
+        "/prometheusRules/availabilitySLO",
+    ),
+    (
+        "image:\n  operator:\n    pullPolicy: Sometimes\n",
+        "/image/operator/pullPolicy",
+    ),
+    (
+        "serviceMonitor:\n  interval: soon\n",
+        "/serviceMonitor/interval",
+    ),
 ];
 
 #[test]
@@ -141,7 +174,10 @@ fn container<'a>(pod_spec: &'a Value, name: &str) -> &'a Value {
 fn assert_restricted(pod_spec: &Value, container: &Value) {
     assert_eq!(pod_spec["securityContext"]["runAsNonRoot"], true);
     assert_ne!(pod_spec["securityContext"]["runAsUser"], 0);
-    assert_eq!(pod_spec["securityContext"]["seccompProfile"]["type"], "RuntimeDefault");
+    assert_eq!(
+        pod_spec["securityContext"]["seccompProfile"]["type"],
+        "RuntimeDefault"
+    );
     let sc = &container["securityContext"];
     assert_eq!(sc["allowPrivilegeEscalation"], false);
     assert_eq!(sc["readOnlyRootFilesystem"], true);
@@ -187,7 +223,10 @@ fn operator_deployment_is_hardened_and_configured_from_values() {
         assert_eq!(url["key"], key);
         assert_eq!(env(operator, "AGENTRY_NATS_URL")["value"], nats);
         assert_eq!(env(operator, "AGENTRY_BASE_DOMAIN")["value"], domain);
-        assert_eq!(env(operator, "AGENTRY_METRICS_ADDR")["value"], "0.0.0.0:9090");
+        assert_eq!(
+            env(operator, "AGENTRY_METRICS_ADDR")["value"],
+            "0.0.0.0:9090"
+        );
         assert!(
             env(operator, "AGENTRY_RUNTIME_IMAGE")["value"]
                 .as_str()
@@ -203,10 +242,19 @@ fn operator_deployment_is_hardened_and_configured_from_values() {
     let full = one(full_render(), "Deployment");
     assert_eq!(full["spec"]["replicas"], 2);
     let operator = container(&full["spec"]["template"]["spec"], "operator");
-    assert_eq!(env(operator, "AGENTRY_POSTGRES_CIDRS")["value"], "10.20.0.0/16");
-    assert_eq!(env(operator, "AGENTRY_NATS_CIDRS")["value"], "10.30.0.0/16,10.31.0.0/16");
+    assert_eq!(
+        env(operator, "AGENTRY_POSTGRES_CIDRS")["value"],
+        "10.20.0.0/16"
+    );
+    assert_eq!(
+        env(operator, "AGENTRY_NATS_CIDRS")["value"],
+        "10.30.0.0/16,10.31.0.0/16"
+    );
     assert_eq!(env(operator, "AGENTRY_INGRESS_CLASS")["value"], "traefik");
-    assert_eq!(env(operator, "AGENTRY_GATEWAY_NAMESPACE")["value"], "traefik");
+    assert_eq!(
+        env(operator, "AGENTRY_GATEWAY_NAMESPACE")["value"],
+        "traefik"
+    );
     assert_eq!(
         env(operator, "OTEL_EXPORTER_OTLP_ENDPOINT")["value"],
         "http://otel-collector.observability:4318"
@@ -218,8 +266,15 @@ fn migrations_run_in_a_pre_install_and_pre_upgrade_hook_job() {
     let objects = full_render();
     let job = one(objects, "Job");
     let annotations = &job["metadata"]["annotations"];
-    let hooks: Vec<&str> = annotations["helm.sh/hook"].as_str().unwrap().split(',').collect();
-    assert!(hooks.contains(&"pre-install") && hooks.contains(&"pre-upgrade"), "{hooks:?}");
+    let hooks: Vec<&str> = annotations["helm.sh/hook"]
+        .as_str()
+        .unwrap()
+        .split(',')
+        .collect();
+    assert!(
+        hooks.contains(&"pre-install") && hooks.contains(&"pre-upgrade"),
+        "{hooks:?}"
+    );
     let delete: Vec<&str> = annotations["helm.sh/hook-delete-policy"]
         .as_str()
         .unwrap()
@@ -236,8 +291,7 @@ fn migrations_run_in_a_pre_install_and_pre_upgrade_hook_job() {
     assert_eq!(migrate["command"], serde_json::json!(["agentry-runtime"]));
     assert_eq!(migrate["args"], serde_json::json!(["migrate"]));
     assert_eq!(
-        migrate["image"],
-        "registry.example.com/platform/agentry:0.1.0",
+        migrate["image"], "registry.example.com/platform/agentry:0.1.0",
         "migrations run the runtime's image"
     );
     let url = &env(migrate, "AGENTRY_DATABASE_URL")["valueFrom"]["secretKeyRef"];
@@ -264,7 +318,9 @@ fn network_policies_follow_the_values() {
             .unwrap_or_else(|| panic!("no PostgreSQL egress in {policy}"));
         assert_eq!(postgres["to"][0]["ipBlock"]["cidr"], "10.20.0.0/16");
         assert!(
-            !egress.iter().any(|r| r["to"].is_null() && r["ports"].is_null()),
+            !egress
+                .iter()
+                .any(|r| r["to"].is_null() && r["ports"].is_null()),
             "an egress rule that allows everything"
         );
     }
@@ -283,8 +339,14 @@ fn notes_explain_the_secret_and_warn_about_open_cidrs() {
         "--namespace",
         support::NAMESPACE,
     ]);
-    assert!(notes.contains("create secret generic agentry-database"), "{notes}");
-    assert!(notes.contains("WARNING"), "default CIDRs are wide open: {notes}");
+    assert!(
+        notes.contains("create secret generic agentry-database"),
+        "{notes}"
+    );
+    assert!(
+        notes.contains("WARNING"),
+        "default CIDRs are wide open: {notes}"
+    );
     let full = support::full_values();
     let notes = support::helm_ok(&[
         "install",

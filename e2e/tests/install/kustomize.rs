@@ -25,7 +25,10 @@ fn rendered_base() -> String {
                 && t != "app.kubernetes.io/managed-by: Helm"
         })
         .collect();
-    format!("{BASE_HEADER}{}\n", body.join("\n").trim_start_matches("---\n").trim_end())
+    format!(
+        "{BASE_HEADER}{}\n",
+        body.join("\n").trim_start_matches("---\n").trim_end()
+    )
 }
 
 #[test]
@@ -68,19 +71,38 @@ fn base_has_the_crds_the_namespace_and_the_operator() {
         .collect();
     assert_eq!(crds, generated.iter().map(String::as_str).collect());
     let ns = one(&objects, "Namespace");
-    assert_eq!(ns["metadata"]["labels"]["pod-security.kubernetes.io/enforce"], "restricted");
+    assert_eq!(
+        ns["metadata"]["labels"]["pod-security.kubernetes.io/enforce"],
+        "restricted"
+    );
     for obj in &objects {
-        if !["Namespace", "CustomResourceDefinition", "ClusterRole", "ClusterRoleBinding"]
-            .contains(&kind(obj))
+        if ![
+            "Namespace",
+            "CustomResourceDefinition",
+            "ClusterRole",
+            "ClusterRoleBinding",
+        ]
+        .contains(&kind(obj))
         {
-            assert_eq!(obj["metadata"]["namespace"], "agentry-system", "{}", support::name(obj));
+            assert_eq!(
+                obj["metadata"]["namespace"],
+                "agentry-system",
+                "{}",
+                support::name(obj)
+            );
         }
         let labels = &obj["metadata"]["labels"];
-        assert!(labels["helm.sh/chart"].is_null() && labels["app.kubernetes.io/managed-by"].is_null());
+        assert!(
+            labels["helm.sh/chart"].is_null() && labels["app.kubernetes.io/managed-by"].is_null()
+        );
     }
     let chart: BTreeSet<String> = inventory(&support::template(&[])).into_iter().collect();
     let base: BTreeSet<String> = inventory(&objects).into_iter().collect();
-    assert!(chart.is_subset(&base), "the base lacks {:?}", chart.difference(&base));
+    assert!(
+        chart.is_subset(&base),
+        "the base lacks {:?}",
+        chart.difference(&base)
+    );
 }
 
 #[test]
@@ -92,8 +114,14 @@ fn dev_overlay_runs_one_debug_replica_of_a_local_image() {
     assert_eq!(env(container, "AGENTRY_LOG_JSON")["value"], "false");
     assert_eq!(container["image"], "agentry:dev");
     assert_eq!(container["imagePullPolicy"], "IfNotPresent");
-    assert_eq!(env(container, "AGENTRY_RUNTIME_IMAGE")["value"], "agentry:dev");
-    assert_eq!(one(&objects, "Job")["spec"]["template"]["spec"]["containers"][0]["image"], "agentry:dev");
+    assert_eq!(
+        env(container, "AGENTRY_RUNTIME_IMAGE")["value"],
+        "agentry:dev"
+    );
+    assert_eq!(
+        one(&objects, "Job")["spec"]["template"]["spec"]["containers"][0]["image"],
+        "agentry:dev"
+    );
     assert!(of_kind(&objects, "PodDisruptionBudget").is_empty());
 }
 
@@ -105,10 +133,16 @@ fn prod_overlay_runs_two_replicas_with_resources_and_a_disruption_budget() {
     assert!(container["resources"]["limits"]["memory"].is_string());
     assert!(container["resources"]["requests"]["cpu"].is_string());
     let pdb = one(&objects, "PodDisruptionBudget");
-    assert_eq!(pdb["spec"]["selector"]["matchLabels"], deployment["spec"]["selector"]["matchLabels"]);
+    assert_eq!(
+        pdb["spec"]["selector"]["matchLabels"],
+        deployment["spec"]["selector"]["matchLabels"]
+    );
     assert_eq!(pdb["metadata"]["namespace"], "agentry-system");
     let spread = &deployment["spec"]["template"]["spec"]["topologySpreadConstraints"][0];
-    assert_eq!(spread["labelSelector"]["matchLabels"], deployment["spec"]["selector"]["matchLabels"]);
+    assert_eq!(
+        spread["labelSelector"]["matchLabels"],
+        deployment["spec"]["selector"]["matchLabels"]
+    );
     assert_eq!(env(container, "AGENTRY_LEADER_ELECTION")["value"], "true");
 }
 
@@ -121,8 +155,10 @@ fn crds_kustomization_lists_every_generated_crd() {
         .iter()
         .map(|r| r.as_str().unwrap().to_owned())
         .collect();
-    let generated: BTreeSet<String> =
-        agentry_crds::crdgen::all().iter().map(agentry_crds::crdgen::file_name).collect();
+    let generated: BTreeSet<String> = agentry_crds::crdgen::all()
+        .iter()
+        .map(agentry_crds::crdgen::file_name)
+        .collect();
     assert_eq!(listed, generated);
 }
 
@@ -167,11 +203,22 @@ fn tenants_layout_holds_the_example_tenants() {
         let example = read_documents(&root.join(format!("manifests/examples/{tenant}.yaml")));
         let (folder, example) = (keyed(objects.clone()), keyed(example));
         let names = |k: &[(String, Value)]| k.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>();
-        assert_eq!(names(&folder), names(&example), "kustomize/tenants/{tenant}");
+        assert_eq!(
+            names(&folder),
+            names(&example),
+            "kustomize/tenants/{tenant}"
+        );
         for ((key, a), (_, b)) in folder.iter().zip(&example) {
-            assert_eq!(a, b, "{key} differs between kustomize/tenants/{tenant} and manifests/examples");
+            assert_eq!(
+                a, b,
+                "{key} differs between kustomize/tenants/{tenant} and manifests/examples"
+            );
         }
         from_folders.extend(objects);
     }
-    assert_eq!(inventory(&all), inventory(&from_folders), "kustomize/tenants/kustomization.yaml");
+    assert_eq!(
+        inventory(&all),
+        inventory(&from_folders),
+        "kustomize/tenants/kustomization.yaml"
+    );
 }

@@ -44,7 +44,10 @@ fn rules(render: &[Value]) -> Vec<&Value> {
 }
 
 fn alerts(render: &[Value]) -> Vec<&Value> {
-    rules(render).into_iter().filter(|r| r["alert"].is_string()).collect()
+    rules(render)
+        .into_iter()
+        .filter(|r| r["alert"].is_string())
+        .collect()
 }
 
 #[test]
@@ -57,7 +60,10 @@ fn every_rule_expression_parses_and_uses_defined_recordings() {
         let names = selected_metrics(expr)
             .unwrap_or_else(|e| panic!("rule {} does not parse: {e}\n{expr}", rule["alert"]));
         for name in names.iter().filter(|n| n.contains(':')) {
-            assert!(recorded.contains(name.as_str()), "{name} is used but never recorded");
+            assert!(
+                recorded.contains(name.as_str()),
+                "{name} is used but never recorded"
+            );
         }
     }
 }
@@ -75,13 +81,20 @@ fn alerts_carry_severity_summary_and_thresholds_from_values() {
         "AgentryBundleRejected",
         "AgentryOperatorDown",
     ] {
-        assert!(names.contains(expected), "{expected} missing from {names:?}");
+        assert!(
+            names.contains(expected),
+            "{expected} missing from {names:?}"
+        );
     }
     for alert in &alerts {
         let severity = alert["labels"]["severity"].as_str().unwrap_or_default();
         assert!(["critical", "warning"].contains(&severity), "{alert}");
         for key in ["summary", "description", "runbook_url"] {
-            assert!(alert["annotations"][key].is_string(), "{} lacks {key}", alert["alert"]);
+            assert!(
+                alert["annotations"][key].is_string(),
+                "{} lacks {key}",
+                alert["alert"]
+            );
         }
         if let Some(d) = alert["for"].as_str() {
             assert!(crate::schemas::is_duration(d), "{d}");
@@ -113,9 +126,13 @@ fn every_alert_links_a_runbook_that_exists() {
             "{name}: runbook_url {url} is not docs/runbooks/{file}"
         );
         let path = runbooks.join(&file);
-        let text = std::fs::read_to_string(&path)
-            .unwrap_or_else(|e| panic!("{name} links {}, which cannot be read: {e}", path.display()));
-        assert!(text.starts_with(&format!("# {name}")), "{file} must start with `# {name}`");
+        let text = std::fs::read_to_string(&path).unwrap_or_else(|e| {
+            panic!("{name} links {}, which cannot be read: {e}", path.display())
+        });
+        assert!(
+            text.starts_with(&format!("# {name}")),
+            "{file} must start with `# {name}`"
+        );
         for section in ["## Symptom", "## Impact", "## Diagnosis", "## Fix"] {
             assert!(text.contains(section), "{file} lacks a `{section}` section");
         }
@@ -125,7 +142,10 @@ fn every_alert_links_a_runbook_that_exists() {
     for entry in std::fs::read_dir(&runbooks).unwrap() {
         let file = entry.unwrap().file_name().into_string().unwrap();
         if file != "README.md" {
-            assert!(linked.contains(&file), "docs/runbooks/{file} belongs to no alert");
+            assert!(
+                linked.contains(&file),
+                "docs/runbooks/{file} belongs to no alert"
+            );
         }
     }
 }
@@ -159,13 +179,24 @@ fn exported_metric_bases(dir: &Path, bases: &mut BTreeSet<String>, sources: &mut
         let mut chains = vec![String::new()];
         let mut chain = String::new();
         for p in &prefixes {
-            chain = if chain.is_empty() { p.clone() } else { format!("{chain}_{p}") };
+            chain = if chain.is_empty() {
+                p.clone()
+            } else {
+                format!("{chain}_{p}")
+            };
             chains.push(chain.clone());
             chains.push(p.clone());
         }
-        for name in literal_after("register(").into_iter().chain(literal_after("register_with_unit(")) {
+        for name in literal_after("register(")
+            .into_iter()
+            .chain(literal_after("register_with_unit("))
+        {
             for prefix in &chains {
-                bases.insert(if prefix.is_empty() { name.clone() } else { format!("{prefix}_{name}") });
+                bases.insert(if prefix.is_empty() {
+                    name.clone()
+                } else {
+                    format!("{prefix}_{name}")
+                });
             }
         }
         sources.push_str(&text);
@@ -241,17 +272,27 @@ fn dashboards_parse_and_query_exported_metrics() {
     let mut uids = BTreeSet::new();
     let mut used = BTreeSet::new();
     for (file, dashboard) in &dashboards {
-        assert!(uids.insert(dashboard["uid"].as_str().unwrap().to_owned()), "{file}: duplicate uid");
-        assert!(dashboard["title"].as_str().unwrap().starts_with("Agentry / "));
+        assert!(
+            uids.insert(dashboard["uid"].as_str().unwrap().to_owned()),
+            "{file}: duplicate uid"
+        );
+        assert!(
+            dashboard["title"]
+                .as_str()
+                .unwrap()
+                .starts_with("Agentry / ")
+        );
         let mut panel_ids = BTreeSet::new();
         let mut queries = 0;
         for panel in dashboard["panels"].as_array().unwrap() {
-            assert!(panel_ids.insert(panel["id"].as_i64().unwrap()), "{file}: duplicate panel id");
+            assert!(
+                panel_ids.insert(panel["id"].as_i64().unwrap()),
+                "{file}: duplicate panel id"
+            );
             for target in panel["targets"].as_array().into_iter().flatten() {
                 let expr = concrete(target["expr"].as_str().unwrap());
-                let names = selected_metrics(&expr).unwrap_or_else(|e| {
-                    panic!("{file}, panel {:?}: {e}\n{expr}", panel["title"])
-                });
+                let names = selected_metrics(&expr)
+                    .unwrap_or_else(|e| panic!("{file}, panel {:?}: {e}\n{expr}", panel["title"]));
                 used.extend(names);
                 queries += 1;
             }
@@ -259,7 +300,10 @@ fn dashboards_parse_and_query_exported_metrics() {
         assert!(queries >= 5, "{file} has {queries} queries");
         // Every datasource is the dashboard's variable, so it works in any Grafana.
         let text = dashboard.to_string();
-        assert!(!text.contains("\"uid\":\"prometheus\""), "{file} pins a datasource");
+        assert!(
+            !text.contains("\"uid\":\"prometheus\""),
+            "{file} pins a datasource"
+        );
     }
     assert_exported(&used, "the Grafana dashboards");
 }
@@ -269,11 +313,19 @@ fn monitors_select_what_exposes_metrics() {
     let objects = full_render();
     let monitor = one(objects, "ServiceMonitor");
     let service = one(objects, "Service");
-    let selector = monitor["spec"]["selector"]["matchLabels"].as_object().unwrap();
+    let selector = monitor["spec"]["selector"]["matchLabels"]
+        .as_object()
+        .unwrap();
     for (k, v) in selector {
-        assert_eq!(&service["metadata"]["labels"][k], v, "the ServiceMonitor misses the Service");
+        assert_eq!(
+            &service["metadata"]["labels"][k], v,
+            "the ServiceMonitor misses the Service"
+        );
     }
-    assert_eq!(monitor["spec"]["endpoints"][0]["port"], service["spec"]["ports"][0]["name"]);
+    assert_eq!(
+        monitor["spec"]["endpoints"][0]["port"],
+        service["spec"]["ports"][0]["name"]
+    );
     assert_eq!(monitor["metadata"]["labels"]["release"], "prometheus");
     let pods = one(objects, "PodMonitor");
     assert_eq!(pods["spec"]["namespaceSelector"]["any"], true);

@@ -25,27 +25,77 @@ const EXPECTED: &[(&str, &str, &[&str])] = &[
     ("agentry.dev", "workflows/status", &["get", "patch"]),
     ("agentry.dev", "featureflags", &["get", "list", "watch"]),
     ("agentry.dev", "featureflags/status", &["get", "patch"]),
-    ("", "namespaces", &["get", "list", "watch", "create", "patch", "delete"]),
-    ("", "resourcequotas", &["get", "list", "watch", "create", "patch", "delete"]),
-    ("", "limitranges", &["get", "list", "watch", "create", "patch", "delete"]),
-    ("", "serviceaccounts", &["get", "list", "watch", "create", "patch", "delete"]),
-    ("", "services", &["get", "list", "watch", "create", "patch", "delete"]),
-    ("", "configmaps", &["get", "list", "watch", "create", "patch", "delete"]),
-    ("", "secrets", &["get", "list", "watch", "create", "patch", "delete"]),
-    ("apps", "deployments", &["get", "list", "watch", "create", "patch", "delete"]),
-    ("policy", "poddisruptionbudgets", &["get", "list", "watch", "create", "patch", "delete"]),
+    (
+        "",
+        "namespaces",
+        &["get", "list", "watch", "create", "patch", "delete"],
+    ),
+    (
+        "",
+        "resourcequotas",
+        &["get", "list", "watch", "create", "patch", "delete"],
+    ),
+    (
+        "",
+        "limitranges",
+        &["get", "list", "watch", "create", "patch", "delete"],
+    ),
+    (
+        "",
+        "serviceaccounts",
+        &["get", "list", "watch", "create", "patch", "delete"],
+    ),
+    (
+        "",
+        "services",
+        &["get", "list", "watch", "create", "patch", "delete"],
+    ),
+    (
+        "",
+        "configmaps",
+        &["get", "list", "watch", "create", "patch", "delete"],
+    ),
+    (
+        "",
+        "secrets",
+        &["get", "list", "watch", "create", "patch", "delete"],
+    ),
+    (
+        "apps",
+        "deployments",
+        &["get", "list", "watch", "create", "patch", "delete"],
+    ),
+    (
+        "policy",
+        "poddisruptionbudgets",
+        &["get", "list", "watch", "create", "patch", "delete"],
+    ),
     (
         "autoscaling",
         "horizontalpodautoscalers",
         &["get", "list", "watch", "create", "patch", "delete"],
     ),
-    ("networking.k8s.io", "networkpolicies", &["get", "list", "watch", "create", "patch", "delete"]),
-    ("networking.k8s.io", "ingresses", &["get", "list", "watch", "create", "patch", "delete"]),
+    (
+        "networking.k8s.io",
+        "networkpolicies",
+        &["get", "list", "watch", "create", "patch", "delete"],
+    ),
+    (
+        "networking.k8s.io",
+        "ingresses",
+        &["get", "list", "watch", "create", "patch", "delete"],
+    ),
     ("events.k8s.io", "events", &["create", "patch"]),
-    ("coordination.k8s.io", "leases", &["get", "create", "update"]),
+    (
+        "coordination.k8s.io",
+        "leases",
+        &["get", "create", "update"],
+    ),
 ];
 
-fn triples<'a>(table: impl IntoIterator<Item = (&'a str, &'a str, Vec<&'a str>)>) -> BTreeSet<Triple> {
+fn triples<'a>(
+    table: impl IntoIterator<Item = (&'a str, &'a str, Vec<&'a str>)>,
+) -> BTreeSet<Triple> {
     table
         .into_iter()
         .flat_map(|(group, resource, verbs)| {
@@ -68,7 +118,10 @@ fn strings(value: &Value) -> Vec<&str> {
 fn granted(role: &Value) -> BTreeSet<Triple> {
     let mut all = BTreeSet::new();
     for rule in role["rules"].as_array().expect("rules") {
-        assert!(rule["nonResourceURLs"].is_null(), "non-resource rule {rule}");
+        assert!(
+            rule["nonResourceURLs"].is_null(),
+            "non-resource rule {rule}"
+        );
         for group in strings(&rule["apiGroups"]) {
             for resource in strings(&rule["resources"]) {
                 for verb in strings(&rule["verbs"]) {
@@ -122,7 +175,9 @@ fn rendered_roles_grant_exactly_the_permission_list() {
         let cluster = granted(one(objects, "ClusterRole"));
         let namespaced = granted(one(objects, "Role"));
         assert!(
-            namespaced.iter().all(|(g, r, _)| g == "coordination.k8s.io" && r == "leases"),
+            namespaced
+                .iter()
+                .all(|(g, r, _)| g == "coordination.k8s.io" && r == "leases"),
             "the namespaced Role is for leader election only: {}",
             show(&namespaced)
         );
@@ -131,7 +186,11 @@ fn rendered_roles_grant_exactly_the_permission_list() {
             "leases are never granted cluster-wide"
         );
         let all: BTreeSet<Triple> = cluster.union(&namespaced).cloned().collect();
-        assert_same("the rendered roles differ from files/operator-permissions.yaml", &all, &list);
+        assert_same(
+            "the rendered roles differ from files/operator-permissions.yaml",
+            &all,
+            &list,
+        );
 
         // Both roles are bound to the operator's ServiceAccount.
         let sa = one(objects, "ServiceAccount");
@@ -139,7 +198,10 @@ fn rendered_roles_grant_exactly_the_permission_list() {
             let binding = one(objects, binding);
             assert_eq!(binding["subjects"][0]["kind"], "ServiceAccount");
             assert_eq!(binding["subjects"][0]["name"], sa["metadata"]["name"]);
-            assert_eq!(binding["subjects"][0]["namespace"], sa["metadata"]["namespace"]);
+            assert_eq!(
+                binding["subjects"][0]["namespace"],
+                sa["metadata"]["namespace"]
+            );
         }
         assert_eq!(
             one(objects, "RoleBinding")["roleRef"]["name"],
@@ -199,14 +261,23 @@ fn operator_table(source: &str) -> BTreeSet<Triple> {
             }
             ')' => {
                 depth = depth.saturating_sub(1);
-                assert!(current.len() >= 3, "a PERMISSIONS entry without verbs: {current:?}");
+                assert!(
+                    current.len() >= 3,
+                    "a PERMISSIONS entry without verbs: {current:?}"
+                );
                 entries.push(std::mem::take(&mut current));
             }
             ']' if depth == 0 => break,
             _ => {}
         }
     }
-    triples(entries.iter().map(|e| (e[0].as_str(), e[1].as_str(), e[2..].iter().map(String::as_str).collect())))
+    triples(entries.iter().map(|e| {
+        (
+            e[0].as_str(),
+            e[1].as_str(),
+            e[2..].iter().map(String::as_str).collect(),
+        )
+    }))
 }
 
 #[test]

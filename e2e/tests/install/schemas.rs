@@ -29,7 +29,9 @@ pub fn validate_all(label: &str, objects: &[Value]) {
             continue;
         }
         match group(obj) {
-            "agentry.dev" => problems.extend(agentry(obj).into_iter().map(|p| format!("{id}: {p}"))),
+            "agentry.dev" => {
+                problems.extend(agentry(obj).into_iter().map(|p| format!("{id}: {p}")))
+            }
             "monitoring.coreos.com" => {
                 problems.extend(monitoring(obj).into_iter().map(|p| format!("{id}: {p}")));
             }
@@ -79,14 +81,20 @@ fn monitoring(obj: &Value) -> Vec<String> {
     }
     match kind(obj) {
         "ServiceMonitor" => {
-            let mut p = expect_fields(obj, &["/spec/selector/matchLabels", "/spec/endpoints/0/port"]);
+            let mut p = expect_fields(
+                obj,
+                &["/spec/selector/matchLabels", "/spec/endpoints/0/port"],
+            );
             p.extend(durations(obj, "/spec/endpoints"));
             p
         }
         "PodMonitor" => {
             let mut p = expect_fields(
                 obj,
-                &["/spec/selector/matchLabels", "/spec/podMetricsEndpoints/0/port"],
+                &[
+                    "/spec/selector/matchLabels",
+                    "/spec/podMetricsEndpoints/0/port",
+                ],
             );
             p.extend(durations(obj, "/spec/podMetricsEndpoints"));
             p
@@ -97,9 +105,11 @@ fn monitoring(obj: &Value) -> Vec<String> {
                 for rule in group["rules"].as_array().into_iter().flatten() {
                     let alert = rule["alert"].is_string();
                     if alert == rule["record"].is_string() {
-                        p.push(format!("a rule must set exactly one of alert and record: {rule}"));
+                        p.push(format!(
+                            "a rule must set exactly one of alert and record: {rule}"
+                        ));
                     }
-                    if !rule["expr"].as_str().is_some_and(|e| !e.trim().is_empty()) {
+                    if rule["expr"].as_str().is_none_or(|e| e.trim().is_empty()) {
                         p.push(format!("rule without expr: {rule}"));
                     }
                     if let Some(d) = rule["for"].as_str()
@@ -117,7 +127,12 @@ fn monitoring(obj: &Value) -> Vec<String> {
 
 fn durations(obj: &Value, endpoints: &str) -> Vec<String> {
     let mut problems = Vec::new();
-    for endpoint in obj.pointer(endpoints).and_then(Value::as_array).into_iter().flatten() {
+    for endpoint in obj
+        .pointer(endpoints)
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
         for key in ["interval", "scrapeTimeout"] {
             if let Some(d) = endpoint[key].as_str()
                 && !is_duration(d)

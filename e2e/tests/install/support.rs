@@ -131,15 +131,15 @@ pub fn kustomize(dir: &Path) -> Vec<Value> {
 
 /// The non-empty documents of a YAML stream.
 pub fn documents(yaml: &str) -> Vec<Value> {
-    let docs: Vec<Value> = serde_saphyr::from_multiple(yaml)
-        .unwrap_or_else(|e| panic!("not valid YAML: {e}\n{yaml}"));
+    let docs: Vec<Value> =
+        serde_saphyr::from_multiple(yaml).unwrap_or_else(|e| panic!("not valid YAML: {e}\n{yaml}"));
     docs.into_iter().filter(|d| !d.is_null()).collect()
 }
 
 /// A YAML file's documents.
 pub fn read_documents(path: &Path) -> Vec<Value> {
-    let text = std::fs::read_to_string(path)
-        .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+    let text =
+        std::fs::read_to_string(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
     documents(&text)
 }
 
