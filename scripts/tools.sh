@@ -54,8 +54,21 @@ fi
 if ! have_validate; then
     echo "tools: installing kubernetes-validate ${KUBERNETES_VALIDATE_VERSION} into .tools/venv" >&2
     rm -rf "$VENV"
-    python3 -m venv "$VENV"
-    "$VENV/bin/pip" install --quiet --disable-pip-version-check \
-        "kubernetes-validate==${KUBERNETES_VALIDATE_VERSION}"
+    if python3 -m venv "$VENV" 2>/dev/null; then
+        "$VENV/bin/pip" install --quiet --disable-pip-version-check \
+            "kubernetes-validate==${KUBERNETES_VALIDATE_VERSION}"
+    else
+        # A Python without the venv module (Debian's without python3-venv): install into a plain
+        # folder and put a launcher where the venv's script would be.
+        rm -rf "$VENV"
+        mkdir -p "$VENV/bin"
+        python3 -m pip install --quiet --disable-pip-version-check --target "$VENV/site" \
+            "kubernetes-validate==${KUBERNETES_VALIDATE_VERSION}"
+        cat >"$VENV/bin/kubernetes-validate" <<SH
+#!/bin/sh
+PYTHONPATH="$VENV/site\${PYTHONPATH:+:\$PYTHONPATH}" exec python3 -m kubernetes_validate "\$@"
+SH
+        chmod +x "$VENV/bin/kubernetes-validate"
+    fi
     "$VENV/bin/kubernetes-validate" --version >&2 || true
 fi
