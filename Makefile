@@ -31,6 +31,10 @@ kustomize-base: tools
 tools:
 	scripts/tools.sh
 
+## Run the whole platform locally from manifests/examples (prints URL, keys and a curl line).
+dev:
+	scripts/dev.sh
+
 ## Make sure PostgreSQL and NATS are reachable (starting or installing them when needed).
 setup:
 	scripts/services.sh

@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
     category = "agentry",
     status = "AgentStatus",
     cel,
-    validation = Rule::new("self.metadata.name.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$') && size(self.metadata.name) <= 63").message("metadata.name: a Agent name must be a DNS label (at most 63 characters, no dots) because models and workflows refer to it by name"),
+    validation = Rule::new("self.metadata.name.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$') && size(self.metadata.name) <= 63").message("metadata.name: an Agent name must be a DNS label (at most 63 characters, no dots) because conversations, handoffs and workflows refer to it by name"),
     printcolumn(name = "Model", type_ = "string", json_path = ".status.model"),
     printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
     printcolumn(name = "Reason", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].reason", priority = 1),

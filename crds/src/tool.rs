@@ -20,7 +20,7 @@ use crate::common::ValueFrom;
     category = "agentry",
     status = "ToolStatus",
     cel,
-    validation = Rule::new("self.metadata.name.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$') && size(self.metadata.name) <= 63").message("metadata.name: a Tool name must be a DNS label (at most 63 characters, no dots) because models and workflows refer to it by name"),
+    validation = Rule::new("self.metadata.name.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$') && size(self.metadata.name) <= 63").message("metadata.name: a Tool name must be a DNS label (at most 63 characters, no dots) because models call tools by name"),
     printcolumn(name = "Type", type_ = "string", json_path = ".spec.type"),
     printcolumn(name = "Approval", type_ = "boolean", json_path = ".spec.requireApproval"),
     printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),

@@ -23,7 +23,7 @@ pub const END: &str = "end";
     category = "agentry",
     status = "WorkflowStatus",
     cel,
-    validation = Rule::new("self.metadata.name.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$') && size(self.metadata.name) <= 63").message("metadata.name: a Workflow name must be a DNS label (at most 63 characters, no dots) because models and workflows refer to it by name"),
+    validation = Rule::new("self.metadata.name.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$') && size(self.metadata.name) <= 63").message("metadata.name: a Workflow name must be a DNS label (at most 63 characters, no dots) because the API and run_workflow tools refer to it by name"),
     printcolumn(name = "Start", type_ = "string", json_path = ".spec.start"),
     printcolumn(name = "Nodes", type_ = "integer", json_path = ".status.nodeCount"),
     printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),

@@ -1,8 +1,16 @@
 //! The CEL `x-kubernetes-validations` rules of the generated CRDs: each compiles, stays within
 //! the API server's cost budget, and is exercised by fixtures. `fixtures/valid/*.yaml` must be
 //! admitted; each `fixtures/invalid/*.yaml` must be refused with exactly one problem that
-//! contains its `# expect: <text>` header. A fixture whose second line is `# transition` holds
-//! two documents, the old object then the new one, and is checked as an update.
+//! contains its `# expect: <text>` header (the first line). A fixture with a `# transition` line
+//! among its first two holds two documents, the old object then the new one, and is checked as
+//! an update.
+
+#![expect(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "test helpers outside #[test] functions fail the test on a broken fixture"
+)]
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -187,6 +195,13 @@ fn every_rule_is_within_the_crd_cost_budget_and_scope() {
     }
 }
 
+/// A property name as a rule writes it: CEL reserved words are escaped as `__word__`.
+fn unescape(part: &str) -> &str {
+    part.strip_prefix("__")
+        .and_then(|p| p.strip_suffix("__"))
+        .unwrap_or(part)
+}
+
 /// The schema node a chain such as `self.models` or `m.provider` stands for, given the nodes
 /// the rule's comprehension variables range over, and the part of the chain it resolved.
 fn resolve<'a>(
@@ -196,14 +211,14 @@ fn resolve<'a>(
 ) -> Option<(&'a Value, String)> {
     let mut parts = chain.split('.');
     let head = parts.next()?;
-    let mut node = if head == "self" {
+    let mut node = if head == "self" || head == "oldSelf" {
         here
     } else {
         vars.iter().find(|(v, _)| v == head).map(|(_, n)| *n)?
     };
     let mut path = head.to_owned();
     for part in parts {
-        match node.pointer(&format!("/properties/{part}")) {
+        match node.pointer(&format!("/properties/{}", unescape(part))) {
             Some(next) => node = next,
             // A method call (`.all`, `.matches`) or a field outside the schema (metadata).
             None => return (path != head).then_some((node, path)),
@@ -211,6 +226,123 @@ fn resolve<'a>(
         path = format!("{path}.{part}");
     }
     (path != head).then_some((node, path))
+}
+
+/// CEL's reserved words; the API server escapes a property of that name as `__word__`, so a
+/// rule that writes `self.namespace` does not see the field.
+const CEL_RESERVED: [&str; 21] = [
+    "true",
+    "false",
+    "null",
+    "in",
+    "as",
+    "break",
+    "const",
+    "continue",
+    "else",
+    "for",
+    "function",
+    "if",
+    "import",
+    "let",
+    "loop",
+    "package",
+    "namespace",
+    "return",
+    "var",
+    "void",
+    "while",
+];
+
+/// Functions and macros a chain may end with.
+const CEL_MEMBERS: [&str; 9] = [
+    "all",
+    "exists",
+    "exists_one",
+    "map",
+    "filter",
+    "matches",
+    "size",
+    "startsWith",
+    "endsWith",
+];
+
+/// Every field a rule names exists in the schema (the API server type-checks rules against it;
+/// kube-cel evaluates dynamically and would only see a typo as a missing value).
+#[test]
+fn every_field_a_rule_names_exists() {
+    for r in all_rules() {
+        let here = node_at(openapi_schema(r.kind), &r.path);
+        let vars = bind_comprehension_variables(&r.rule, here);
+        for (chain, _) in chains(&r.rule) {
+            let mut parts = chain.split('.');
+            let head = parts.next().unwrap_or_default();
+            let mut node = match head {
+                "self" | "oldSelf" => here,
+                _ => match vars.iter().find(|(v, _)| v == head) {
+                    Some((_, node)) => *node,
+                    None => continue,
+                },
+            };
+            let mut at_root_metadata = r.path.is_empty();
+            for part in parts {
+                assert!(
+                    !CEL_RESERVED.contains(&part),
+                    "{} {}: rule {:?} must write {part} as __{part}__",
+                    r.kind,
+                    r.path,
+                    r.rule
+                );
+                if let Some(next) = node.pointer(&format!("/properties/{}", unescape(part))) {
+                    node = next;
+                    at_root_metadata = false;
+                } else if at_root_metadata && part == "metadata" {
+                    // The API server gives root rules metadata.name and metadata.generateName.
+                    node = &Value::Null;
+                } else if node.is_null() && ["name", "generateName"].contains(&part) {
+                    break;
+                } else {
+                    assert!(
+                        CEL_MEMBERS.contains(&part),
+                        "{} {}: rule {:?} names {part}, which is not a field there",
+                        r.kind,
+                        r.path,
+                        r.rule
+                    );
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// The schema node of a rule's path (as written by [`collect_rules`]).
+fn node_at<'a>(schema: &'a Value, path: &str) -> &'a Value {
+    let mut here = schema;
+    for segment in path.split('.').filter(|s| !s.is_empty()) {
+        here = &here["properties"][segment.trim_end_matches("[]")];
+        for _ in 0..segment.matches("[]").count() {
+            here = &here["items"];
+        }
+    }
+    here
+}
+
+/// Binds each comprehension variable of `rule` to the items of the list it ranges over.
+fn bind_comprehension_variables<'a>(rule: &str, here: &'a Value) -> Vec<(String, &'a Value)> {
+    let mut vars: Vec<(String, &Value)> = Vec::new();
+    for (chain, end) in chains(rule) {
+        for macro_ in ["all", "exists", "exists_one", "map", "filter"] {
+            let Some(list) = chain.strip_suffix(&format!(".{macro_}")) else {
+                continue;
+            };
+            let var = rule[end + 1..].split(',').next().unwrap_or_default().trim();
+            if let Some((node, _)) = resolve(list, here, &vars) {
+                vars.push((var.to_owned(), &node["items"]));
+            }
+        }
+    }
+    vars
 }
 
 /// Identifier chains (`self.a.b`) outside string literals, with the byte offset of each end.
@@ -250,31 +382,9 @@ fn chains(rule: &str) -> Vec<(String, usize)> {
 #[test]
 fn every_value_a_rule_reads_is_bounded() {
     for r in all_rules() {
-        let mut here = openapi_schema(r.kind);
-        for segment in r.path.split('.').filter(|s| !s.is_empty()) {
-            here = &here["properties"][segment.trim_end_matches("[]")];
-            for _ in 0..segment.matches("[]").count() {
-                here = &here["items"];
-            }
-        }
+        let here = node_at(openapi_schema(r.kind), &r.path);
         let found = chains(&r.rule);
-        // Bind comprehension variables to the items of the list they range over.
-        let mut vars: Vec<(String, &Value)> = Vec::new();
-        for (chain, end) in &found {
-            for macro_ in ["all", "exists", "exists_one", "map", "filter"] {
-                let Some(list) = chain.strip_suffix(&format!(".{macro_}")) else {
-                    continue;
-                };
-                let var = r.rule[*end + 1..]
-                    .split(',')
-                    .next()
-                    .unwrap_or_default()
-                    .trim();
-                if let Some((node, _)) = resolve(list, here, &vars) {
-                    vars.push((var.to_owned(), &node["items"]));
-                }
-            }
-        }
+        let vars = bind_comprehension_variables(&r.rule, here);
         assert_eq!(
             vars.len(),
             comprehension_variables(&r.rule).len(),

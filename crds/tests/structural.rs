@@ -4,6 +4,12 @@
 //! category, a short name, printer columns, `conditions` as a list-map keyed by `type`, and
 //! `observedGeneration`.
 
+#![expect(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "test helpers outside #[test] functions fail the test on a broken fixture"
+)]
+
 use std::collections::BTreeSet;
 
 use agentry_crds::crdgen;

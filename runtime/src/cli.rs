@@ -99,6 +99,9 @@ pub struct DevArgs {
     /// Folder for local state: the shared role's password and the tenants' admin keys.
     #[arg(long, env = "AGENTRY_STATE_DIR", default_value = ".dev")]
     pub state_dir: PathBuf,
+    /// Name of the shared database role dev mode creates and serves as.
+    #[arg(long, env = "AGENTRY_DEV_ROLE", default_value = "agentry_dev")]
+    pub dev_role: String,
 }
 
 /// `migrate`.

@@ -25,9 +25,6 @@ use crate::gateway::{Scope, apikeys};
 use crate::serve::Runtime;
 use crate::tenancy::TenantId;
 
-/// The shared role dev mode serves as.
-pub const DEV_ROLE: &str = "agentry_dev";
-
 /// A tenant's admin key, as kept in `keys.json`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DevKey {
@@ -53,13 +50,13 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     crate::db::migrate(&admin)
         .await
         .context("applying migrations")?;
-    let password = ensure_dev_role(&admin, &args.state_dir).await?;
+    let password = ensure_dev_role(&admin, &args.dev_role, &args.state_dir).await?;
     let provisioner = Arc::new(DevProvisioner {
         admin,
         keys_file: args.state_dir.join("keys.json"),
     });
     let db = Db::connect_with(
-        admin_options.username(DEV_ROLE).password(&password),
+        admin_options.username(&args.dev_role).password(&password),
         args.common.db_max_connections,
     )
     .await?;
@@ -75,8 +72,14 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         state.metrics.clone(),
         state.shutdown.clone(),
     ));
-    print_banner(&args, &provisioner.keys()?, &registry);
-    runtime.serve(&args.common).await
+    let listener = crate::serve::bind(&args.common).await?;
+    print_banner(
+        listener.local_addr()?,
+        &args.state_dir,
+        &provisioner.keys()?,
+        &registry,
+    );
+    runtime.serve(listener, &args.common).await
 }
 
 /// Creates the database named in `options` when it does not exist.
@@ -108,7 +111,17 @@ async fn ensure_database(options: &PgConnectOptions) -> anyhow::Result<()> {
 }
 
 /// Creates (or re-passwords) the shared dev role and maps it as shared; returns its password.
-async fn ensure_dev_role(admin: &PgPool, state_dir: &Path) -> anyhow::Result<String> {
+async fn ensure_dev_role(admin: &PgPool, role: &str, state_dir: &Path) -> anyhow::Result<String> {
+    if !role
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        || role.is_empty()
+        || role.len() > 63
+    {
+        anyhow::bail!(
+            "dev role {role:?} must be a lower-case identifier (a-z, 0-9, _), at most 63 characters"
+        );
+    }
     let path = state_dir.join("db-password");
     let password = match std::fs::read_to_string(&path) {
         Ok(p) if !p.trim().is_empty() => p.trim().to_owned(),
@@ -121,27 +134,25 @@ async fn ensure_dev_role(admin: &PgPool, state_dir: &Path) -> anyhow::Result<Str
     let mut tx = admin.begin().await?;
     let exists: bool =
         sqlx::query_scalar("select exists (select 1 from pg_roles where rolname = $1)")
-            .bind(DEV_ROLE)
+            .bind(role)
             .fetch_one(&mut *tx)
             .await?;
     let verb = if exists { "alter" } else { "create" };
     // The password is base62, so quoting it literally is safe.
     let sql = format!(
-        "{verb} role {DEV_ROLE} login nosuperuser nobypassrls nocreatedb nocreaterole password '{password}'"
+        "{verb} role {role} login nosuperuser nobypassrls nocreatedb nocreaterole password '{password}'"
     );
     sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
         .execute(&mut *tx)
         .await?;
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-        "grant agentry_app to {DEV_ROLE}"
-    )))
-    .execute(&mut *tx)
-    .await?;
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("grant agentry_app to {role}")))
+        .execute(&mut *tx)
+        .await?;
     sqlx::query(
         "insert into agentry.tenant_roles (role_name, tenant_id, shared) values ($1, null, true)
          on conflict (role_name) do update set tenant_id = null, shared = true",
     )
-    .bind(DEV_ROLE)
+    .bind(role)
     .execute(&mut *tx)
     .await?;
     tx.commit().await?;
@@ -249,13 +260,18 @@ fn write_private(path: &Path, content: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn print_banner(args: &DevArgs, keys: &BTreeMap<String, DevKey>, registry: &TenantRegistry) {
-    let host = if args.common.listen.ip().is_unspecified() {
+fn print_banner(
+    address: std::net::SocketAddr,
+    state_dir: &Path,
+    keys: &BTreeMap<String, DevKey>,
+    registry: &TenantRegistry,
+) {
+    let host = if address.ip().is_unspecified() {
         "127.0.0.1".to_owned()
     } else {
-        args.common.listen.ip().to_string()
+        address.ip().to_string()
     };
-    let base = format!("http://{host}:{}", args.common.listen.port());
+    let base = format!("http://{host}:{}", address.port());
     println!(
         "\nAgentry dev is serving {} tenant(s) at {base}",
         registry.all().len()
@@ -272,6 +288,6 @@ fn print_banner(args: &DevArgs, keys: &BTreeMap<String, DevKey>, registry: &Tena
     }
     println!(
         "\nKeys are kept in {} (mode 0600). Ctrl-C stops.\n",
-        args.state_dir.join("keys.json").display()
+        state_dir.join("keys.json").display()
     );
 }

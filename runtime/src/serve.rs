@@ -63,7 +63,17 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     runtime
         .tasks
         .spawn(source.watch(registry, metrics, shutdown));
-    runtime.serve(&args.common).await
+    let listener = bind(&args.common).await?;
+    runtime.serve(listener, &args.common).await
+}
+
+/// Binds the listening socket (port 0 picks a free port; the log says which).
+pub async fn bind(common: &CommonArgs) -> anyhow::Result<tokio::net::TcpListener> {
+    let listener = tokio::net::TcpListener::bind(common.listen)
+        .await
+        .with_context(|| format!("listening on {}", common.listen))?;
+    tracing::info!(address = %listener.local_addr()?, "serving");
+    Ok(listener)
 }
 
 /// A started runtime: state and background tasks, before the HTTP server runs.
@@ -115,15 +125,15 @@ impl Runtime {
     }
 
     /// Serves HTTP until shutdown, then drains requests, stops tasks and flushes buffers.
-    pub async fn serve(mut self, common: &CommonArgs) -> anyhow::Result<()> {
+    pub async fn serve(
+        mut self,
+        listener: tokio::net::TcpListener,
+        common: &CommonArgs,
+    ) -> anyhow::Result<()> {
         let config = HttpConfig {
             request_timeout: Duration::from_secs(common.request_timeout_seconds),
             max_body_bytes: common.max_body_bytes,
         };
-        let listener = tokio::net::TcpListener::bind(common.listen)
-            .await
-            .with_context(|| format!("listening on {}", common.listen))?;
-        tracing::info!(address = %listener.local_addr()?, "serving");
         let shutdown = self.state.shutdown.clone();
         let server = axum::serve(listener, app(self.state.clone(), config))
             .with_graceful_shutdown(shutdown.clone().cancelled_owned());

@@ -4,6 +4,7 @@
 mod admin;
 mod docs;
 mod health;
+pub mod json;
 mod observe;
 
 use std::time::Duration;
@@ -22,6 +23,8 @@ use utoipa_axum::router::OpenApiRouter;
 
 use crate::error::ApiError;
 use crate::state::AppState;
+
+pub use json::ApiJson;
 
 /// Header carrying the request id (set when the client sent none, echoed in the response).
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");

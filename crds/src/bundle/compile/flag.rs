@@ -61,7 +61,7 @@ pub(super) fn check(
                 );
             }
         }
-        let total: u32 = f.rollout.iter().map(|s| s.weight).sum();
+        let total: u64 = f.rollout.iter().map(|s| u64::from(s.weight)).sum();
         if !f.rollout.is_empty() && total != 100 {
             p.add(
                 format!("{field}.rollout"),
