@@ -160,3 +160,23 @@ pub fn mock_usage(request: &ChatRequest, output: &str) -> Usage {
         output_tokens: tokens(output),
     }
 }
+
+/// The gateway lives in shared state and its futures run in axum handlers: all must be `Send`.
+#[test]
+fn gateway_and_its_futures_are_send() {
+    fn send<T: Send>(_: &T) {}
+    fn sync<T: Send + Sync>() {}
+    fn send_type<T: Send + 'static>() {}
+    sync::<LlmGateway>();
+    // A stream becomes an SSE body: Send and 'static.
+    send_type::<agentry_runtime::llm::LlmStream>();
+    let gateway = LlmGateway::new(http(), LlmConfig::default());
+    let bundle = bundle(
+        "    - {name: local, type: builtin}",
+        "    - {name: m, provider: local}",
+    );
+    let request = ChatRequest::default();
+    let names = models(&["m"]);
+    send(&gateway.complete(&bundle, &names, &request));
+    send(&gateway.stream(&bundle, &names, &request));
+}
