@@ -53,6 +53,15 @@ pub struct ReloadLabels {
     pub result: String,
 }
 
+/// Labels of a tenant's model provider.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProviderLabels {
+    /// Tenant name.
+    pub tenant: String,
+    /// Provider name in the tenant's catalog.
+    pub provider: String,
+}
+
 /// Every metric family of the runtime.
 #[derive(Debug)]
 pub struct Metrics {
@@ -71,6 +80,8 @@ pub struct Metrics {
     pub events_published: Family<TenantLabels, Counter>,
     /// Bundle reloads by result.
     pub bundle_reloads: Family<ReloadLabels, Counter>,
+    /// Circuit breaker state per provider: 0 closed, 1 open, 2 half-open.
+    pub provider_circuit_state: Family<ProviderLabels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -92,6 +103,7 @@ impl Metrics {
         let outbox_lag_seconds = Family::<TenantLabels, Gauge>::default();
         let events_published = Family::<TenantLabels, Counter>::default();
         let bundle_reloads = Family::<ReloadLabels, Counter>::default();
+        let provider_circuit_state = Family::<ProviderLabels, Gauge>::default();
         registry.register(
             "http_requests",
             "HTTP requests by tenant, route, method and status",
@@ -127,6 +139,11 @@ impl Metrics {
             "Bundle reloads by result",
             bundle_reloads.clone(),
         );
+        registry.register(
+            "provider_circuit_state",
+            "Circuit breaker state per model provider: 0 closed, 1 open, 2 half-open",
+            provider_circuit_state.clone(),
+        );
         Self {
             registry,
             http_requests,
@@ -136,6 +153,7 @@ impl Metrics {
             outbox_lag_seconds,
             events_published,
             bundle_reloads,
+            provider_circuit_state,
         }
     }
 
