@@ -110,7 +110,8 @@ impl Runtime {
             shutdown,
             dev_mode,
         });
-        let tasks = JoinSet::new();
+        let mut tasks = JoinSet::new();
+        tasks.spawn(state.budgets.clone().run(state.shutdown.clone()));
         Ok(Self { state, tasks })
     }
 
