@@ -341,3 +341,82 @@ async fn the_hot_path_does_not_touch_the_database(admin: PgPool) {
     })
     .await;
 }
+
+#[sqlx::test(migrator = "agentry_runtime::db::MIGRATOR")]
+async fn each_utc_month_has_its_own_budget(admin: PgPool) {
+    use chrono::TimeZone as _;
+    let t = PgTenant::create(&admin, budget(100, BudgetAction::Block), RoleKind::Tenant).await;
+    t.guard(async {
+        let july = chrono::Utc
+            .with_ymd_and_hms(2025, 7, 31, 23, 59, 0)
+            .unwrap();
+        let now = Arc::new(AtomicI64::new(july.timestamp()));
+        let clock_now = now.clone();
+        let config = BudgetConfig {
+            clock: Arc::new(move || {
+                chrono::Utc
+                    .timestamp_opt(clock_now.load(Ordering::Relaxed), 0)
+                    .unwrap()
+            }),
+            ..config()
+        };
+        let budgets = Budgets::with_config(t.db(2).await, "replica".into(), config);
+        let in_july = budgets.reserve(&t.handle, 100).await.unwrap();
+        assert!(budgets.reserve(&t.handle, 1).await.is_err());
+        now.fetch_add(120, Ordering::Relaxed);
+        let in_august = budgets.reserve(&t.handle, 100).await.unwrap();
+        // A reservation settles into the period it was taken in.
+        budgets.settle(in_july, 100).await.unwrap();
+        budgets.settle(in_august, 30).await.unwrap();
+        budgets.flush().await;
+        let rows: Vec<(chrono::NaiveDate, i64, i64)> = sqlx::query_as(
+            "select period, committed_micros, leased_micros from agentry.budget_periods
+              where tenant_id = $1 order by period",
+        )
+        .bind(t.handle.id.0)
+        .fetch_all(t.admin())
+        .await
+        .unwrap();
+        let day = |m| chrono::NaiveDate::from_ymd_opt(2025, m, 1).unwrap();
+        assert_eq!(rows, vec![(day(7), 100, 0), (day(8), 30, 0)]);
+    })
+    .await;
+}
+
+#[sqlx::test(migrator = "agentry_runtime::db::MIGRATOR")]
+async fn the_background_task_flushes_until_shutdown(admin: PgPool) {
+    let t = PgTenant::create(&admin, budget(1_000, BudgetAction::Block), RoleKind::Tenant).await;
+    t.guard(async {
+        let config = BudgetConfig {
+            flush_interval: Duration::from_millis(20),
+            ..config()
+        };
+        let budgets = Arc::new(Budgets::with_config(
+            t.db(2).await,
+            "replica".into(),
+            config,
+        ));
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        let task = tokio::spawn(budgets.clone().run(shutdown.clone()));
+        let r = budgets.reserve(&t.handle, 100).await.unwrap();
+        budgets.settle(r, 70).await.unwrap();
+        let mut flushed = false;
+        for _ in 0..250 {
+            if t.ledger().await == (1_000, 70, 0) {
+                flushed = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(
+            flushed,
+            "settled spend reaches the ledger without an explicit flush"
+        );
+        shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .unwrap()
+            .unwrap();
+    })
+    .await;
+}
