@@ -16,7 +16,8 @@ use tokio::process::{Child, Command};
 
 /// Administrator URL of the local PostgreSQL (override with `AGENTRY_E2E_POSTGRES`).
 pub fn postgres_admin_url() -> String {
-    std::env::var("AGENTRY_E2E_POSTGRES").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".to_owned())
+    std::env::var("AGENTRY_E2E_POSTGRES")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".to_owned())
 }
 
 /// The repository root.
@@ -28,10 +29,16 @@ pub fn repo_root() -> PathBuf {
 pub fn binary(name: &str) -> anyhow::Result<PathBuf> {
     let exe = std::env::current_exe()?;
     // target/<profile>/deps/<test> → target/<profile>/<name>
-    let dir = exe.parent().and_then(Path::parent).context("test executable has no parent")?;
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .context("test executable has no parent")?;
     let path = dir.join(name);
     if !path.exists() {
-        bail!("{} not built: run `cargo build -p agentry-runtime` (cargo test --workspace builds it)", path.display());
+        bail!(
+            "{} not built: run `cargo build -p agentry-runtime` (cargo test --workspace builds it)",
+            path.display()
+        );
     }
     Ok(path)
 }
@@ -77,8 +84,17 @@ impl DevRuntime {
             .arg("dev")
             .arg("--manifests")
             .arg(&self.manifests)
-            .args(["--listen", "127.0.0.1:0", "--log-json", "--shutdown-grace-seconds", "5"])
-            .env("AGENTRY_DATABASE_URL", format!("{}/{}", postgres_admin_url(), self.database))
+            .args([
+                "--listen",
+                "127.0.0.1:0",
+                "--log-json",
+                "--shutdown-grace-seconds",
+                "5",
+            ])
+            .env(
+                "AGENTRY_DATABASE_URL",
+                format!("{}/{}", postgres_admin_url(), self.database),
+            )
             .env("AGENTRY_DEV_ROLE", &self.role)
             .env("AGENTRY_STATE_DIR", self.state.path())
             .env("RUST_LOG", "info")
@@ -111,11 +127,16 @@ impl DevRuntime {
             }
         });
         self.base_url = format!("http://{address}");
-        let keys: BTreeMap<String, serde_json::Value> =
-            serde_json::from_str(&std::fs::read_to_string(self.state.path().join("keys.json"))?)?;
+        let keys: BTreeMap<String, serde_json::Value> = serde_json::from_str(
+            &std::fs::read_to_string(self.state.path().join("keys.json"))?,
+        )?;
         self.keys = keys
             .into_iter()
-            .filter_map(|(k, v)| v.get("key").and_then(|k| k.as_str()).map(|key| (k, key.to_owned())))
+            .filter_map(|(k, v)| {
+                v.get("key")
+                    .and_then(|k| k.as_str())
+                    .map(|key| (k, key.to_owned()))
+            })
             .collect();
         self.child = Some(child);
         self.wait_ready().await
@@ -142,9 +163,15 @@ impl DevRuntime {
 
     /// Sends SIGTERM and waits for a clean exit; returns the exit status.
     pub async fn terminate(&mut self) -> anyhow::Result<std::process::ExitStatus> {
-        let Some(mut child) = self.child.take() else { bail!("not running") };
+        let Some(mut child) = self.child.take() else {
+            bail!("not running")
+        };
         if let Some(pid) = child.id() {
-            Command::new("kill").arg("-TERM").arg(pid.to_string()).status().await?;
+            Command::new("kill")
+                .arg("-TERM")
+                .arg(pid.to_string())
+                .status()
+                .await?;
         }
         Ok(tokio::time::timeout(Duration::from_secs(30), child.wait()).await??)
     }
@@ -160,11 +187,20 @@ impl DevRuntime {
     /// Stops the process and drops its database and role.
     pub async fn cleanup(mut self) -> anyhow::Result<()> {
         let _ = self.kill().await;
-        let mut conn = sqlx::PgConnection::connect(&format!("{}/postgres", postgres_admin_url())).await?;
-        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("drop database if exists {} with (force)", self.database)))
-            .execute(&mut conn)
-            .await?;
-        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("drop role if exists {}", self.role))).execute(&mut conn).await?;
+        let mut conn =
+            sqlx::PgConnection::connect(&format!("{}/postgres", postgres_admin_url())).await?;
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "drop database if exists {} with (force)",
+            self.database
+        )))
+        .execute(&mut conn)
+        .await?;
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "drop role if exists {}",
+            self.role
+        )))
+        .execute(&mut conn)
+        .await?;
         Ok(())
     }
 }

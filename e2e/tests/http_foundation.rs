@@ -6,7 +6,12 @@ use serde_json::Value;
 
 fn assert_json_error(body: &Value, code: &str) {
     assert_eq!(body["error"]["code"], code, "{body}");
-    assert!(body["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()),
+        "{body}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -20,18 +25,41 @@ async fn foundation() {
     // Request ids: generated when absent, echoed when sent.
     let r = client.get(url("/healthz")).send().await.unwrap();
     assert_eq!(r.status(), 200);
-    assert!(r.headers().get("x-request-id").is_some_and(|v| v.len() >= 32));
-    let r = client.get(url("/healthz")).header("x-request-id", "req-123").send().await.unwrap();
+    assert!(
+        r.headers()
+            .get("x-request-id")
+            .is_some_and(|v| v.len() >= 32)
+    );
+    let r = client
+        .get(url("/healthz"))
+        .header("x-request-id", "req-123")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.headers()["x-request-id"], "req-123");
 
-    let ready: Value = client.get(url("/readyz")).send().await.unwrap().json().await.unwrap();
-    assert_eq!(ready["checks"], serde_json::json!({"database": true, "nats": true, "bundle": true, "draining": false}));
+    let ready: Value = client
+        .get(url("/readyz"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        ready["checks"],
+        serde_json::json!({"database": true, "nats": true, "bundle": true, "draining": false})
+    );
 
     // JSON errors everywhere.
     let r = client.get(url("/no/such/route")).send().await.unwrap();
     assert_eq!(r.status(), 404);
     assert_json_error(&r.json().await.unwrap(), "not_found");
-    let r = client.get(url("/api/v1/admin/bundle")).send().await.unwrap();
+    let r = client
+        .get(url("/api/v1/admin/bundle"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 401);
     assert_json_error(&r.json().await.unwrap(), "unauthorized");
     let key = rt.key("acme").to_owned();
@@ -45,7 +73,10 @@ async fn foundation() {
         .unwrap();
     assert_eq!(r.status(), 400);
     assert_json_error(&r.json().await.unwrap(), "bad_request");
-    let big = format!("{{\"name\": \"{}\", \"scopes\": [\"chat\"]}}", "x".repeat(2 * 1024 * 1024));
+    let big = format!(
+        "{{\"name\": \"{}\", \"scopes\": [\"chat\"]}}",
+        "x".repeat(2 * 1024 * 1024)
+    );
     let r = client
         .post(url("/api/v1/keys"))
         .bearer_auth(&key)
@@ -58,20 +89,52 @@ async fn foundation() {
     assert_json_error(&r.json().await.unwrap(), "payload_too_large");
 
     // Metrics by tenant, route and status.
-    let metrics = client.get(url("/metrics")).send().await.unwrap().text().await.unwrap();
+    let metrics = client
+        .get(url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     assert!(
         metrics.contains(r#"agentry_http_requests_total{tenant="acme",route="/api/v1/keys",method="POST",status="400"}"#),
         "{metrics}"
     );
-    assert!(metrics.contains("agentry_http_request_duration_seconds_bucket"), "{metrics}");
+    assert!(
+        metrics.contains("agentry_http_request_duration_seconds_bucket"),
+        "{metrics}"
+    );
 
     // OpenAPI 3.1 generated from the handlers, and the docs page listing them.
-    let doc: Value = client.get(url("/openapi.json")).send().await.unwrap().json().await.unwrap();
+    let doc: Value = client
+        .get(url("/openapi.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert!(doc["openapi"].as_str().unwrap().starts_with("3.1"));
-    for path in ["/api/v1/keys", "/api/v1/keys/{id}", "/api/v1/audit", "/api/v1/admin/bundle"] {
-        assert!(doc["paths"].get(path).is_some(), "{path} missing from /openapi.json");
+    for path in [
+        "/api/v1/keys",
+        "/api/v1/keys/{id}",
+        "/api/v1/audit",
+        "/api/v1/admin/bundle",
+    ] {
+        assert!(
+            doc["paths"].get(path).is_some(),
+            "{path} missing from /openapi.json"
+        );
     }
-    let page = client.get(url("/docs")).send().await.unwrap().text().await.unwrap();
+    let page = client
+        .get(url("/docs"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     assert!(page.contains("/api/v1/audit") && page.contains("/openapi.json"));
 
     // SIGTERM: drains and exits cleanly.

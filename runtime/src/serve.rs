@@ -128,6 +128,7 @@ impl Runtime {
             state.metrics.clone(),
         );
         tasks.spawn(relay.run(state.shutdown.clone()));
+        tasks.spawn(state.budgets.clone().run(state.shutdown.clone()));
         Ok(Self { state, tasks })
     }
 

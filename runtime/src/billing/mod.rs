@@ -1,5 +1,6 @@
 //! Metering, rating and budgets.
 
 pub mod budget;
+mod ledger;
 
-pub use budget::Budgets;
+pub use budget::{BudgetConfig, Budgets, Reservation};
