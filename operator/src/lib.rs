@@ -3,8 +3,14 @@
 
 pub mod builders;
 pub mod cli;
+pub mod controller;
 pub mod database;
 pub mod generate;
+pub mod leader;
+pub mod metrics;
+pub mod rbac;
+pub mod run;
+pub mod server;
 pub mod settings;
 pub mod status;
 
@@ -21,6 +27,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Generate(args) => generate::write_all(&args),
-        Command::Run(_args) => anyhow::bail!("not yet"),
+        Command::Run(args) => run::run(*args).await,
     }
 }

@@ -134,9 +134,9 @@ pub struct Inputs<'a> {
     pub provider_keys: &'a BTreeMap<String, ByteString>,
 }
 
-/// Every object of a tenant, in the order they are applied.
+/// The namespace and its guard rails; they need nothing from the database.
 #[derive(Debug, Clone)]
-pub struct Desired {
+pub struct GuardRails {
     /// The namespace.
     pub namespace: Namespace,
     /// Its ResourceQuota.
@@ -147,6 +147,11 @@ pub struct Desired {
     pub network_policies: Vec<NetworkPolicy>,
     /// The runtime's ServiceAccount.
     pub service_account: ServiceAccount,
+}
+
+/// Everything else: credentials, bundle and the runtime.
+#[derive(Debug, Clone)]
+pub struct Workload {
     /// Database credentials and bootstrap admin key.
     pub credentials: Secret,
     /// Projected provider API keys.
@@ -165,15 +170,31 @@ pub struct Desired {
     pub ingress: Option<Ingress>,
 }
 
-/// Builds every object of a tenant.
-pub fn desired(inputs: &Inputs<'_>) -> Desired {
-    let owner = Owner::of(inputs.tenant);
-    Desired {
+/// Every object of a tenant, in the order they are applied.
+#[derive(Debug, Clone)]
+pub struct Desired {
+    /// Applied first.
+    pub guard_rails: GuardRails,
+    /// Applied once the database role exists.
+    pub workload: Workload,
+}
+
+/// Builds the namespace and its guard rails.
+pub fn guard_rails(tenant: &Tenant, settings: &Settings, bundle: &RuntimeBundle) -> GuardRails {
+    let owner = Owner::of(tenant);
+    GuardRails {
         namespace: namespace::namespace(&owner),
-        quota: namespace::resource_quota(&owner, inputs.tenant),
-        limits: namespace::limit_range(&owner, inputs.tenant),
-        network_policies: network::policies(&owner, inputs.settings, inputs.bundle),
+        quota: namespace::resource_quota(&owner, tenant),
+        limits: namespace::limit_range(&owner, tenant),
+        network_policies: network::policies(&owner, settings, bundle),
         service_account: namespace::service_account(&owner),
+    }
+}
+
+/// Builds the workload objects.
+pub fn workload(inputs: &Inputs<'_>) -> Workload {
+    let owner = Owner::of(inputs.tenant);
+    Workload {
         credentials: secrets::credentials(&owner, inputs.settings, inputs.database),
         provider_keys: secrets::provider_keys(&owner, inputs.provider_keys),
         bundle: bundle::config_map(&owner, inputs.bundle),
@@ -186,6 +207,14 @@ pub fn desired(inputs: &Inputs<'_>) -> Desired {
             .ingress
             .as_ref()
             .map(|ingress| ingress::ingress(&owner, ingress)),
+    }
+}
+
+/// Builds every object of a tenant.
+pub fn desired(inputs: &Inputs<'_>) -> Desired {
+    Desired {
+        guard_rails: guard_rails(inputs.tenant, inputs.settings, inputs.bundle),
+        workload: workload(inputs),
     }
 }
 
@@ -325,22 +354,23 @@ mod tests {
             database: &db,
             provider_keys: &keys,
         });
+        let (g, w) = (&d.guard_rails, &d.workload);
         let mut metas: Vec<&ObjectMeta> = vec![
-            &d.namespace.metadata,
-            &d.quota.metadata,
-            &d.limits.metadata,
-            &d.service_account.metadata,
-            &d.credentials.metadata,
-            &d.provider_keys.metadata,
-            &d.bundle.metadata,
-            &d.deployment.metadata,
-            &d.service.metadata,
-            &d.pdb.metadata,
+            &g.namespace.metadata,
+            &g.quota.metadata,
+            &g.limits.metadata,
+            &g.service_account.metadata,
+            &w.credentials.metadata,
+            &w.provider_keys.metadata,
+            &w.bundle.metadata,
+            &w.deployment.metadata,
+            &w.service.metadata,
+            &w.pdb.metadata,
         ];
-        metas.extend(d.network_policies.iter().map(|p| &p.metadata));
-        let hpa = d.hpa.as_ref().unwrap();
+        metas.extend(g.network_policies.iter().map(|p| &p.metadata));
+        let hpa = w.hpa.as_ref().unwrap();
         metas.push(&hpa.metadata);
-        let ingress = d.ingress.as_ref().unwrap();
+        let ingress = w.ingress.as_ref().unwrap();
         metas.push(&ingress.metadata);
         for meta in metas {
             let owner = &meta.owner_references.as_ref().unwrap()[0];
