@@ -10,6 +10,9 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+/// Verbs the lease manager uses on `coordination.k8s.io` Leases.
+pub const LEASE_PERMISSIONS: &[&str] = &["get", "create", "patch"];
+
 /// Why leadership could not be taken or kept.
 #[derive(Debug, Error)]
 pub enum LeaderError {

@@ -62,10 +62,9 @@ impl Metrics {
             "Reconciles by kind and result",
             reconciles.clone(),
         );
-        let reconcile_duration =
-            Family::<KindLabels, Histogram>::new_with_constructor(|| {
-                Histogram::new(exponential_buckets(0.005, 2.0, 14))
-            });
+        let reconcile_duration = Family::<KindLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.005, 2.0, 14))
+        });
         registry.register(
             "reconcile_duration_seconds",
             "Reconcile duration by kind",
@@ -164,11 +163,19 @@ mod tests {
         m.status_written("Agent");
         {
             let _guard = m.in_flight();
-            assert!(m.encode().contains("agentry_operator_reconcile_in_flight 1"));
+            assert!(
+                m.encode()
+                    .contains("agentry_operator_reconcile_in_flight 1")
+            );
         }
         let text = m.encode();
-        assert!(text.contains(r#"agentry_operator_reconciles_total{kind="Tenant",result="success"} 1"#), "{text}");
-        assert!(text.contains(r#"agentry_operator_reconciles_total{kind="Tenant",result="error"} 1"#));
+        assert!(
+            text.contains(r#"agentry_operator_reconciles_total{kind="Tenant",result="success"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"agentry_operator_reconciles_total{kind="Tenant",result="error"} 1"#)
+        );
         assert!(text.contains("agentry_operator_reconcile_duration_seconds_bucket"));
         assert!(text.contains(r#"agentry_operator_status_writes_total{kind="Agent"} 1"#));
         assert!(text.contains("agentry_operator_reconcile_in_flight 0"));

@@ -8,7 +8,7 @@
 /// `(apiGroup, resource, verbs)`; the core group is `""`.
 pub const PERMISSIONS: &[(&str, &str, &[&str])] = &[
     // Tenants: watched, finalizer added and removed (patch), status applied.
-    ("agentry.dev", "tenants", &["get", "list", "watch", "patch"]),
+    ("agentry.dev", "tenants", &["list", "watch", "patch"]),
     ("agentry.dev", "tenants/status", &["patch"]),
     // Owner references with blockOwnerDeletion need this on the owner.
     ("agentry.dev", "tenants/finalizers", &["update"]),
@@ -22,7 +22,11 @@ pub const PERMISSIONS: &[(&str, &str, &[&str])] = &[
     ("agentry.dev", "featureflags", &["list", "watch"]),
     ("agentry.dev", "featureflags/status", &["patch"]),
     // What a Tenant becomes.
-    ("", "namespaces", &["get", "list", "watch", "create", "patch"]),
+    (
+        "",
+        "namespaces",
+        &["get", "list", "watch", "create", "patch"],
+    ),
     ("", "resourcequotas", &["list", "watch", "create", "patch"]),
     ("", "limitranges", &["list", "watch", "create", "patch"]),
     ("", "serviceaccounts", &["list", "watch", "create", "patch"]),
@@ -31,15 +35,31 @@ pub const PERMISSIONS: &[(&str, &str, &[&str])] = &[
     ("", "secrets", &["get", "list", "watch", "create", "patch"]),
     ("", "configmaps", &["list", "watch", "create", "patch"]),
     ("", "services", &["list", "watch", "create", "patch"]),
-    ("apps", "deployments", &["list", "watch", "create", "patch", "delete"]),
-    ("policy", "poddisruptionbudgets", &["list", "watch", "create", "patch"]),
+    (
+        "apps",
+        "deployments",
+        &["list", "watch", "create", "patch", "delete"],
+    ),
+    (
+        "policy",
+        "poddisruptionbudgets",
+        &["list", "watch", "create", "patch"],
+    ),
     (
         "autoscaling",
         "horizontalpodautoscalers",
         &["list", "watch", "create", "patch", "delete"],
     ),
-    ("networking.k8s.io", "networkpolicies", &["list", "watch", "create", "patch"]),
-    ("networking.k8s.io", "ingresses", &["list", "watch", "create", "patch"]),
+    (
+        "networking.k8s.io",
+        "networkpolicies",
+        &["list", "watch", "create", "patch"],
+    ),
+    (
+        "networking.k8s.io",
+        "ingresses",
+        &["list", "watch", "create", "patch"],
+    ),
     // Events on Tenants (kube-runtime's recorder creates, then patches a series).
     ("events.k8s.io", "events", &["create", "patch"]),
     // Leader election.

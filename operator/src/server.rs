@@ -99,7 +99,9 @@ mod tests {
         let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
         use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
         stream
-            .write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
+            .write_all(
+                format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+            )
             .await
             .unwrap();
         let mut response = String::new();
@@ -117,7 +119,10 @@ mod tests {
             metrics: Arc::new(Metrics::new()),
         };
         assert_eq!(get(state.clone(), "/healthz").await.0, StatusCode::OK);
-        assert_eq!(get(state.clone(), "/readyz").await.0, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(
+            get(state.clone(), "/readyz").await.0,
+            StatusCode::SERVICE_UNAVAILABLE
+        );
         state.health.started.store(true, Ordering::Relaxed);
         let (code, body) = get(state.clone(), "/readyz").await;
         assert_eq!(code, StatusCode::OK);

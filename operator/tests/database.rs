@@ -3,6 +3,12 @@
 //! other test runs share the server. Roles are dropped and the database removed at the end,
 //! whether the test passed or not.
 
+#![expect(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "test helpers fail the test on any database error"
+)]
+
 use std::panic::AssertUnwindSafe;
 use std::str::FromStr as _;
 
@@ -426,7 +432,7 @@ async fn a_tenant_role_reads_nothing_of_another_tenant() {
             .fetch_all(&mut conn)
             .await
             .unwrap();
-        assert_eq!(tenants, [a.clone()]);
+        assert_eq!(tenants, std::slice::from_ref(&a));
         let others: i64 = sqlx::query_scalar(
             "select (select count(*) from agentry.api_keys where tenant_id = $1)
                   + (select count(*) from agentry.conversations where tenant_id = $1)",

@@ -56,7 +56,11 @@ impl Error {
 
     /// The metric label of the error.
     pub fn metric_label(&self) -> &'static str {
-        if self.is_invalid() { "invalid" } else { "error" }
+        if self.is_invalid() {
+            "invalid"
+        } else {
+            "error"
+        }
     }
 }
 
@@ -67,7 +71,11 @@ pub fn describe(error: &kube::Error) -> String {
         kube::Error::Api(status) => format!(
             "{} {}: {}",
             status.code,
-            if status.reason.is_empty() { "Error" } else { &status.reason },
+            if status.reason.is_empty() {
+                "Error"
+            } else {
+                &status.reason
+            },
             status.message
         ),
         other => other.to_string(),
@@ -94,7 +102,11 @@ mod tests {
 
     #[test]
     fn kube_errors_read_short_and_name_the_object() {
-        let e = Error::kube("apply", "Deployment tenant-acme/agentry-runtime", api(409, "Conflict"));
+        let e = Error::kube(
+            "apply",
+            "Deployment tenant-acme/agentry-runtime",
+            api(409, "Conflict"),
+        );
         assert_eq!(
             e.to_string(),
             "apply Deployment tenant-acme/agentry-runtime: 409 Conflict: the object has been modified"
@@ -110,7 +122,10 @@ mod tests {
         ))));
         assert!(e.is_invalid());
         assert_eq!(e.metric_label(), "invalid");
-        let t = Error::Finalizer(Box::new(finalizer::Error::AddFinalizer(api(500, "InternalError"))));
+        let t = Error::Finalizer(Box::new(finalizer::Error::AddFinalizer(api(
+            500,
+            "InternalError",
+        ))));
         assert!(!t.is_invalid());
     }
 }

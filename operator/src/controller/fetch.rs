@@ -73,7 +73,11 @@ impl Fetched {
             let Some(reference) = &provider.api_key_secret_ref else {
                 continue;
             };
-            let secret = self.provider_secrets.get(&reference.name).cloned().flatten();
+            let secret = self
+                .provider_secrets
+                .get(&reference.name)
+                .cloned()
+                .flatten();
             let value = secret
                 .as_ref()
                 .and_then(|s| s.data.as_ref())

@@ -13,9 +13,11 @@ mod fetch;
 mod tenant;
 mod watch;
 
+#[cfg(test)]
+mod tests;
 
 pub use error::{Error, describe, is_not_found};
-pub use watch::{run, tenants_in_namespace, tenants_using_secret};
+pub use watch::{WATCHED, run, tenants_in_namespace, tenants_using_secret};
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -178,8 +180,13 @@ pub async fn reconcile(tenant: Arc<Tenant>, ctx: Arc<Context>) -> Result<Action,
             tracing::warn!(tenant = %name, error = %e, took_ms = took.as_millis(), "reconcile failed");
             // An invalid Tenant is reported by its status and the event of that transition.
             if !e.is_invalid() {
-                ctx.publish(&tenant, EventType::Warning, "ReconcileFailed", e.to_string())
-                    .await;
+                ctx.publish(
+                    &tenant,
+                    EventType::Warning,
+                    "ReconcileFailed",
+                    e.to_string(),
+                )
+                .await;
             }
         }
     }

@@ -79,7 +79,11 @@ fn initial_observation(tenant: &Tenant) -> Observation {
 /// Records `error` on `check` and hands it back.
 fn failed(check: &mut Check, error: Error) -> Error {
     *check = Check::fail(
-        if error.is_invalid() { reasons::INVALID } else { reasons::ERROR },
+        if error.is_invalid() {
+            reasons::INVALID
+        } else {
+            reasons::ERROR
+        },
         error.to_string(),
     );
     error
@@ -222,7 +226,10 @@ async fn apply_runtime_extras(
 fn provisioned_note(database: &Provisioned, namespace: &str) -> String {
     let mut made = Vec::new();
     if database.password_rotated {
-        made.push(format!("a new password for database role {}", database.role));
+        made.push(format!(
+            "a new password for database role {}",
+            database.role
+        ));
     }
     if database.admin_key_created {
         made.push("a bootstrap admin API key (key admin-api-key)".to_owned());
@@ -272,7 +279,10 @@ fn bundle_check(compilation: &Compilation, size: usize, missing_keys: &[String])
 /// RuntimeReady from the Deployment the API server returned.
 fn runtime_check(tenant: &Tenant, deployment: &Deployment) -> Check {
     if tenant.spec.suspended {
-        return Check::ok(reasons::SUSPENDED, "suspended: the runtime is scaled to zero");
+        return Check::ok(
+            reasons::SUSPENDED,
+            "suspended: the runtime is scaled to zero",
+        );
     }
     let status = deployment.status.clone().unwrap_or_default();
     let desired = deployment
@@ -321,8 +331,13 @@ async fn write_status(
         } else {
             EventType::Warning
         };
-        let reason = if ready.status == "True" { "Ready" } else { &ready.reason };
-        ctx.publish(tenant, type_, reason, ready.message.clone()).await;
+        let reason = if ready.status == "True" {
+            "Ready"
+        } else {
+            &ready.reason
+        };
+        ctx.publish(tenant, type_, reason, ready.message.clone())
+            .await;
     }
     Ok(())
 }

@@ -20,14 +20,35 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::api::networking::v1::{Ingress, NetworkPolicy};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{Config, Controller};
 use kube::runtime::reflector::ObjectRef;
-use kube::core::PartialObjectMeta;
 use kube::runtime::{WatchStreamExt as _, watcher};
 use kube::{Api, ResourceExt as _};
 
 use super::{Context, error_policy, reconcile};
 use crate::builders::MANAGED_SELECTOR;
+
+/// Every `(apiGroup, resource)` the controller lists and watches; kept in step with [`run`].
+pub const WATCHED: &[(&str, &str)] = &[
+    ("agentry.dev", "tenants"),
+    ("", "namespaces"),
+    ("", "resourcequotas"),
+    ("", "limitranges"),
+    ("networking.k8s.io", "networkpolicies"),
+    ("", "serviceaccounts"),
+    ("", "secrets"),
+    ("", "configmaps"),
+    ("apps", "deployments"),
+    ("", "services"),
+    ("policy", "poddisruptionbudgets"),
+    ("autoscaling", "horizontalpodautoscalers"),
+    ("networking.k8s.io", "ingresses"),
+    ("agentry.dev", "agents"),
+    ("agentry.dev", "tools"),
+    ("agentry.dev", "workflows"),
+    ("agentry.dev", "featureflags"),
+];
 
 /// Tenants whose namespace is `namespace`.
 pub fn tenants_in_namespace(tenants: &[Arc<Tenant>], namespace: &str) -> Vec<ObjectRef<Tenant>> {
@@ -55,15 +76,21 @@ pub async fn run(
 ) {
     let client = ctx.client.clone();
     let operator_namespace = ctx.settings.operator_namespace.clone();
-    let controller = Controller::new(Api::<Tenant>::all(client.clone()), watcher::Config::default());
+    let controller = Controller::new(
+        Api::<Tenant>::all(client.clone()),
+        watcher::Config::default(),
+    );
     let store = controller.store();
     let managed = || watcher::Config::default().labels(MANAGED_SELECTOR);
     macro_rules! owned {
         ($controller:expr, $kind:ty) => {
             $controller.owns_stream(
-                watcher(Api::<PartialObjectMeta<$kind>>::all(client.clone()), managed())
-                    .default_backoff()
-                    .touched_objects(),
+                watcher(
+                    Api::<PartialObjectMeta<$kind>>::all(client.clone()),
+                    managed(),
+                )
+                .default_backoff()
+                .touched_objects(),
             )
         };
     }
@@ -75,8 +102,8 @@ pub async fn run(
                     Api::<PartialObjectMeta<$kind>>::all(client.clone()),
                     watcher::Config::default(),
                 )
-                    .default_backoff()
-                    .touched_objects(),
+                .default_backoff()
+                .touched_objects(),
                 move |obj| {
                     let namespace = obj.namespace().unwrap_or_default();
                     tenants_in_namespace(&store.state(), &namespace)
@@ -116,7 +143,9 @@ pub async fn run(
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
         .for_each(|result| {
-            metrics.tenants.set(i64::try_from(store.state().len()).unwrap_or(i64::MAX));
+            metrics
+                .tenants
+                .set(i64::try_from(store.state().len()).unwrap_or(i64::MAX));
             // Reconcile results are reported in `reconcile`; what arrives here as an error
             // is the controller's own trouble (a watch failing, an object gone).
             if let Err(e) = result {
@@ -163,8 +192,14 @@ mod tests {
             tenant("acme", None, None),
             tenant("globex", Some("globex-prod"), None),
         ];
-        assert_eq!(names(tenants_in_namespace(&tenants, "tenant-acme")), ["acme"]);
-        assert_eq!(names(tenants_in_namespace(&tenants, "globex-prod")), ["globex"]);
+        assert_eq!(
+            names(tenants_in_namespace(&tenants, "tenant-acme")),
+            ["acme"]
+        );
+        assert_eq!(
+            names(tenants_in_namespace(&tenants, "globex-prod")),
+            ["globex"]
+        );
         assert!(tenants_in_namespace(&tenants, "tenant-globex").is_empty());
         assert!(tenants_in_namespace(&tenants, "default").is_empty());
     }
@@ -177,8 +212,14 @@ mod tests {
             tenant("initech", None, Some("other-key")),
             tenant("umbrella", None, None),
         ];
-        assert_eq!(names(tenants_using_secret(&tenants, "openai-key")), ["acme", "globex"]);
-        assert_eq!(names(tenants_using_secret(&tenants, "other-key")), ["initech"]);
+        assert_eq!(
+            names(tenants_using_secret(&tenants, "openai-key")),
+            ["acme", "globex"]
+        );
+        assert_eq!(
+            names(tenants_using_secret(&tenants, "other-key")),
+            ["initech"]
+        );
         assert!(tenants_using_secret(&tenants, "unrelated").is_empty());
     }
 }
