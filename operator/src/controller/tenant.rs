@@ -49,6 +49,16 @@ pub fn validate(
     let Some(existing) = namespace else {
         return Ok(());
     };
+    // Ours even if someone removed the label: the next apply puts it back.
+    let owned = tenant.uid().is_some_and(|uid| {
+        existing
+            .owner_references()
+            .iter()
+            .any(|o| o.uid == uid && o.kind == "Tenant")
+    });
+    if owned {
+        return Ok(());
+    }
     match existing.labels().get(agentry_crds::common::TENANT_LABEL) {
         Some(owner) if *owner == name => Ok(()),
         Some(owner) => Err(format!(
@@ -410,6 +420,52 @@ mod tests {
         let foreign = namespace(&[]);
         let e = validate(&t, Some(&foreign), &settings()).unwrap_err();
         assert!(e.contains("label it agentry.dev/tenant=acme"), "{e}");
+    }
+
+    #[test]
+    fn a_namespace_the_tenant_owns_is_its_own_even_without_the_label() {
+        let t = tenant();
+        let mut ns = namespace(&[]);
+        ns.metadata.owner_references = Some(vec![crate::builders::Owner::of(&t).reference]);
+        assert_eq!(validate(&t, Some(&ns), &settings()), Ok(()));
+    }
+
+    #[test]
+    fn runtime_is_ready_once_a_replica_is_available() {
+        let t = tenant();
+        let mut d = Deployment::default();
+        d.spec = Some(k8s_openapi::api::apps::v1::DeploymentSpec {
+            replicas: Some(2),
+            ..Default::default()
+        });
+        let waiting = runtime_check(&t, &d);
+        assert!(!waiting.ok);
+        assert_eq!(waiting.reason, reasons::PROGRESSING);
+        assert!(waiting.message.starts_with("0 of 2 replicas available"));
+        d.status = Some(k8s_openapi::api::apps::v1::DeploymentStatus {
+            available_replicas: Some(1),
+            ..Default::default()
+        });
+        let serving = runtime_check(&t, &d);
+        assert!(serving.ok);
+        assert_eq!(serving.message, "1 of 2 replicas available");
+    }
+
+    #[test]
+    fn bundle_check_names_missing_keys_and_oversized_bundles() {
+        let t = tenant();
+        let c = agentry_crds::bundle::compile(&agentry_crds::bundle::BundleSources::new(t));
+        assert!(bundle_check(&c, 10, &[]).ok);
+        let missing = bundle_check(
+            &c,
+            10,
+            &["provider openai: Secret agentry-system/k not found".to_owned()],
+        );
+        assert!(!missing.ok);
+        assert_eq!(missing.reason, reasons::WAITING);
+        assert!(missing.message.contains("openai"));
+        let big = bundle_check(&c, MAX_BUNDLE_BYTES + 1, &[]);
+        assert!(!big.ok && big.message.contains("more than a ConfigMap holds"));
     }
 
     #[test]

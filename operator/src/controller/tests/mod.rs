@@ -6,8 +6,10 @@
 //! [`FakeProvisioner`]; the real provisioner is tested against PostgreSQL in
 //! `tests/database.rs`.
 
+mod failures;
 mod harness;
 mod rbac;
 mod scenarios;
+mod world;
 
 pub(super) use harness::*;

@@ -5,7 +5,7 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use super::scenarios::*;
+use super::world::*;
 use super::*;
 use crate::controller::{WATCHED, reconcile};
 use crate::fixtures::{at, objects};
