@@ -433,11 +433,13 @@ mod tests {
     #[test]
     fn runtime_is_ready_once_a_replica_is_available() {
         let t = tenant();
-        let mut d = Deployment::default();
-        d.spec = Some(k8s_openapi::api::apps::v1::DeploymentSpec {
-            replicas: Some(2),
-            ..Default::default()
-        });
+        let mut d = Deployment {
+            spec: Some(k8s_openapi::api::apps::v1::DeploymentSpec {
+                replicas: Some(2),
+                ..Default::default()
+            }),
+            ..Deployment::default()
+        };
         let waiting = runtime_check(&t, &d);
         assert!(!waiting.ok);
         assert_eq!(waiting.reason, reasons::PROGRESSING);
