@@ -23,6 +23,9 @@ use crate::settings::Settings;
 /// Runs the operator.
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     init_logging(args.log_json);
+    // One TLS provider for the Kubernetes client and PostgreSQL, whatever else the
+    // dependency graph enables.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let settings = Settings::from_args(&args)?;
     let identity = args
         .pod_name
@@ -34,8 +37,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
 
     let metrics = Arc::new(Metrics::new());
     let health = Arc::new(Health::default());
+    let listener = tokio::net::TcpListener::bind(args.metrics_address)
+        .await
+        .with_context(|| format!("binding --metrics-address {}", args.metrics_address))?;
     let server = tokio::spawn(server::serve(
-        args.metrics_address,
+        listener,
         ServerState {
             health: health.clone(),
             metrics: metrics.clone(),

@@ -1,6 +1,5 @@
 //! `/healthz`, `/readyz` and `/metrics` of the operator.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -67,14 +66,15 @@ async fn metrics(State(state): State<ServerState>) -> impl IntoResponse {
     )
 }
 
-/// Serves until `shutdown`.
+/// Serves on `listener` until `shutdown`.
 pub async fn serve(
-    address: SocketAddr,
+    listener: tokio::net::TcpListener,
     state: ServerState,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    let listener = tokio::net::TcpListener::bind(address).await?;
-    tracing::info!(%address, "serving /healthz, /readyz and /metrics");
+    if let Ok(address) = listener.local_addr() {
+        tracing::info!(%address, "serving /healthz, /readyz and /metrics");
+    }
     axum::serve(listener, app(state))
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
         .await
@@ -88,14 +88,7 @@ mod tests {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
         let token = CancellationToken::new();
-        let server = tokio::spawn({
-            let token = token.clone();
-            async move {
-                axum::serve(listener, app(state))
-                    .with_graceful_shutdown(async move { token.cancelled().await })
-                    .await
-            }
-        });
+        let server = tokio::spawn(serve(listener, state, token.clone()));
         let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
         use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
         stream

@@ -185,7 +185,7 @@ pub fn guard_rails(tenant: &Tenant, settings: &Settings, bundle: &RuntimeBundle)
     GuardRails {
         namespace: namespace::namespace(&owner),
         quota: namespace::resource_quota(&owner, tenant),
-        limits: namespace::limit_range(&owner, tenant),
+        limits: namespace::limit_range(&owner),
         network_policies: network::policies(&owner, settings, bundle),
         service_account: namespace::service_account(&owner),
     }

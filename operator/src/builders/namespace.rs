@@ -80,14 +80,11 @@ pub fn resource_quota(owner: &Owner, tenant: &Tenant) -> ResourceQuota {
     }
 }
 
-/// LimitRange: default requests and memory limit for containers that state none (so the
-/// quota admits them), and no container larger than the whole quota.
-pub fn limit_range(owner: &Owner, tenant: &Tenant) -> LimitRange {
-    let quota = tenant.spec.quota.clone().unwrap_or_default();
-    let max: BTreeMap<String, Quantity> = [("cpu", quota.cpu), ("memory", quota.memory)]
-        .into_iter()
-        .filter_map(|(k, v)| v.map(|v| (k.to_owned(), v)))
-        .collect();
+/// LimitRange: default requests and memory limit for containers that state none, so that
+/// the quota (which counts requests) admits them. No `max`: the LimitRanger refuses a
+/// container without a limit for a resource that has a max, and the quota caps the total
+/// anyway.
+pub fn limit_range(owner: &Owner) -> LimitRange {
     LimitRange {
         metadata: owner.meta("agentry-limits"),
         spec: Some(LimitRangeSpec {
@@ -101,7 +98,6 @@ pub fn limit_range(owner: &Owner, tenant: &Tenant) -> LimitRange {
                     "memory".to_owned(),
                     quantity(DEFAULT_LIMIT_MEMORY),
                 )])),
-                max: (!max.is_empty()).then_some(max),
                 ..LimitRangeItem::default()
             }],
         }),
@@ -157,8 +153,8 @@ mod tests {
     }
 
     #[test]
-    fn limit_range_defaults_and_caps_containers_at_the_quota() {
-        let default = limit_range(&Owner::of(&tenant()), &tenant());
+    fn limit_range_gives_defaults_and_no_max() {
+        let default = limit_range(&Owner::of(&tenant()));
         let item = &default.spec.unwrap().limits[0];
         assert_eq!(item.type_, "Container");
         assert_eq!(
@@ -170,12 +166,7 @@ mod tests {
             quantity(DEFAULT_LIMIT_MEMORY)
         );
         assert!(item.max.is_none());
-
-        let t = full_tenant();
-        let full = limit_range(&Owner::of(&t), &t);
-        let max = full.spec.unwrap().limits[0].max.clone().unwrap();
-        assert_eq!(max["cpu"], quantity("8"));
-        assert_eq!(max["memory"], quantity("16Gi"));
+        assert!(item.default.as_ref().unwrap().get("cpu").is_none());
     }
 
     #[test]
