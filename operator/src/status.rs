@@ -19,26 +19,26 @@ pub struct Check {
     /// Whether the part is ready.
     pub ok: bool,
     /// Condition reason (from [`reasons`]).
-    pub reason: &'static str,
+    pub reason: String,
     /// What a person should know; names the problem when not ok.
     pub message: String,
 }
 
 impl Check {
     /// A ready part.
-    pub fn ok(reason: &'static str, message: impl Into<String>) -> Self {
+    pub fn ok(reason: &str, message: impl Into<String>) -> Self {
         Self {
             ok: true,
-            reason,
+            reason: reason.to_owned(),
             message: message.into(),
         }
     }
 
     /// A part that is not ready.
-    pub fn fail(reason: &'static str, message: impl Into<String>) -> Self {
+    pub fn fail(reason: &str, message: impl Into<String>) -> Self {
         Self {
             ok: false,
-            reason,
+            reason: reason.to_owned(),
             message: message.into(),
         }
     }
@@ -104,7 +104,7 @@ pub fn tenant_status(current: Option<&TenantStatus>, obs: &Observation, now: Tim
             condition(
                 type_,
                 check.ok,
-                check.reason,
+                &check.reason,
                 check.message.clone(),
                 obs.generation,
                 now.clone(),
@@ -123,7 +123,7 @@ pub fn tenant_status(current: Option<&TenantStatus>, obs: &Observation, now: Tim
             .map(|(t, c)| format!("{t}: {}", c.message))
             .collect::<Vec<_>>()
             .join("; ");
-        Check::fail(first.reason, message)
+        Check::fail(&first.reason, message)
     } else {
         Check::ok(reasons::RECONCILED, "the tenant is serving")
     };
@@ -132,7 +132,7 @@ pub fn tenant_status(current: Option<&TenantStatus>, obs: &Observation, now: Tim
         condition(
             types::READY,
             ready.ok,
-            ready.reason,
+            &ready.reason,
             ready.message,
             obs.generation,
             now,
@@ -144,7 +144,13 @@ pub fn tenant_status(current: Option<&TenantStatus>, obs: &Observation, now: Tim
         TenantPhase::Ready
     } else if obs.namespace_ready.reason == reasons::INVALID {
         TenantPhase::Pending
-    } else if obs.runtime_ready.ok {
+    } else if obs.runtime_ready.ok
+        || matches!(
+            current.and_then(|s| s.phase),
+            Some(TenantPhase::Ready | TenantPhase::Degraded)
+        )
+    {
+        // Served before: something broke, it is not being set up.
         TenantPhase::Degraded
     } else {
         TenantPhase::Provisioning

@@ -71,18 +71,47 @@ pub fn validate(
     }
 }
 
+/// Where a reconcile starts: what the status said last time, so that a step that fails
+/// changes its own condition and the steps it never reached keep theirs.
 fn initial_observation(tenant: &Tenant) -> Observation {
+    let current = tenant.status.clone().unwrap_or_default();
+    let part = |type_: &str, waiting: &str, default_message: &str| {
+        find(&current.conditions, type_).map_or_else(
+            || Check::fail(waiting, default_message),
+            |c| Check {
+                ok: c.status == "True",
+                reason: c.reason.clone(),
+                message: c.message.clone(),
+            },
+        )
+    };
     Observation {
         generation: tenant.metadata.generation,
         suspended: tenant.spec.suspended,
         namespace: tenant.namespace_name(),
-        endpoint: None,
-        namespace_ready: Check::fail(reasons::PROGRESSING, "the namespace is not provisioned yet"),
-        database_ready: Check::fail(reasons::WAITING, "waiting for the namespace"),
-        bundle_ready: Check::fail(reasons::WAITING, "waiting for the database role"),
-        runtime_ready: Check::fail(reasons::WAITING, "waiting for the bundle"),
-        bundle_hash: None,
-        counts: None,
+        endpoint: current.endpoint.clone(),
+        namespace_ready: part(
+            types::NAMESPACE_READY,
+            reasons::PROGRESSING,
+            "the namespace is not provisioned yet",
+        ),
+        database_ready: part(
+            types::DATABASE_READY,
+            reasons::WAITING,
+            "waiting for the namespace",
+        ),
+        bundle_ready: part(
+            types::BUNDLE_READY,
+            reasons::WAITING,
+            "waiting for the database role",
+        ),
+        runtime_ready: part(
+            types::RUNTIME_READY,
+            reasons::WAITING,
+            "waiting for the bundle",
+        ),
+        bundle_hash: current.bundle_hash.clone(),
+        counts: current.counts.clone(),
     }
 }
 

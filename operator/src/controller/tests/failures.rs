@@ -202,3 +202,53 @@ async fn an_unreachable_database_is_reported_as_database_not_ready() {
     assert!(db.message.contains("database"), "{}", db.message);
     assert_eq!(condition(&status, types::NAMESPACE_READY).status, "True");
 }
+
+#[tokio::test]
+async fn a_failure_of_a_converged_tenant_changes_only_the_failing_condition() {
+    let fake = Arc::new(FakeProvisioner::default());
+    let world = World::new(live_tenant(), objects(false));
+    let (first, calls, _) =
+        reconcile_world(&world, &new_tenant_writes(), fake.clone(), at(1_000)).await;
+    first.unwrap();
+    let again = converged(&world, &calls);
+
+    let mut scenario = apply_scenario(&again, &Writes::default());
+    let at_call = scenario
+        .iter()
+        .position(|e| e.path.ends_with("/deployments/agentry-runtime"))
+        .unwrap();
+    scenario.truncate(at_call + 1);
+    scenario[at_call].reply = Reply::status(409, "Conflict");
+    let tenant = serde_json::to_value(&again.tenant).unwrap();
+    scenario.push(apply(format!("{TENANT_PATH}/status")).reply(Reply::Echo {
+        base: tenant,
+        extra: json!({}),
+    }));
+    scenario.push(event());
+    let (ctx, handle) = context(settings(), fake, at(9_000));
+    let (result, calls) = run_scenario(
+        handle,
+        scenario,
+        reconcile(Arc::new(again.tenant.clone()), ctx),
+    )
+    .await;
+    assert!(result.is_err());
+    let status = status_of(&calls);
+    for type_ in [
+        types::NAMESPACE_READY,
+        types::DATABASE_READY,
+        types::BUNDLE_READY,
+    ] {
+        let c = condition(&status, type_);
+        assert_eq!(c.status, "True", "{type_}");
+        assert_eq!(c.last_transition_time, at(1_000), "{type_}");
+    }
+    let runtime = condition(&status, types::RUNTIME_READY);
+    assert_eq!(runtime.status, "False");
+    assert_eq!(runtime.last_transition_time, at(9_000));
+    assert_eq!(
+        status.bundle_hash,
+        again.tenant.status.as_ref().unwrap().bundle_hash
+    );
+    assert_eq!(status.phase, Some(TenantPhase::Degraded));
+}
