@@ -49,14 +49,29 @@ pub struct RunArgs {
         default_value = concat!("ghcr.io/agentry-dev/agentry-runtime:", env!("CARGO_PKG_VERSION"))
     )]
     pub runtime_image: String,
+    /// Pull policy of the runtime image.
+    #[arg(
+        long,
+        env = "AGENTRY_RUNTIME_IMAGE_PULL_POLICY",
+        default_value = "IfNotPresent"
+    )]
+    pub runtime_image_pull_policy: String,
     /// PostgreSQL URL of an administrator (superuser, or CREATEROLE + BYPASSRLS with admin
     /// option on `agentry_app`) that provisions tenant rows and roles. Keep it in a Secret.
     #[arg(long, env = "AGENTRY_DATABASE_URL", hide_env_values = true)]
     pub database_url: String,
-    /// PostgreSQL URL (without credentials) that tenant runtimes connect to; defaults to the
-    /// administrator URL without its user and password.
-    #[arg(long, env = "AGENTRY_RUNTIME_DATABASE_URL")]
-    pub runtime_database_url: Option<String>,
+    /// Host tenant runtimes connect to PostgreSQL at (default: the administrator URL's).
+    #[arg(long, env = "AGENTRY_TENANT_DATABASE_HOST")]
+    pub tenant_database_host: Option<String>,
+    /// Port tenant runtimes connect to (default: the administrator URL's).
+    #[arg(long, env = "AGENTRY_TENANT_DATABASE_PORT")]
+    pub tenant_database_port: Option<String>,
+    /// Database tenant runtimes use (default: the administrator URL's).
+    #[arg(long, env = "AGENTRY_TENANT_DATABASE_NAME")]
+    pub tenant_database_name: Option<String>,
+    /// libpq `sslmode` of tenant runtimes (default: the administrator URL's).
+    #[arg(long, env = "AGENTRY_TENANT_DATABASE_SSLMODE")]
+    pub tenant_database_sslmode: Option<String>,
     /// Most connections of the operator's administrator pool.
     #[arg(long, env = "AGENTRY_DB_MAX_CONNECTIONS", default_value_t = 4)]
     pub db_max_connections: u32,
@@ -83,36 +98,36 @@ pub struct RunArgs {
     /// Namespaces whose pods may reach tenant runtimes (ingress controller, platform gateway,
     /// Prometheus).
     #[arg(
-        long,
-        env = "AGENTRY_GATEWAY_NAMESPACES",
+        long = "gateway-namespace",
+        env = "AGENTRY_GATEWAY_NAMESPACE",
         value_delimiter = ',',
         default_value = "ingress-nginx"
     )]
     pub gateway_namespaces: Vec<String>,
     /// Where PostgreSQL is, for tenant egress policies: CIDRs (`10.0.4.0/24`) or namespace
     /// names. Empty allows the port to any destination.
-    #[arg(long, env = "AGENTRY_POSTGRES_EGRESS", value_delimiter = ',')]
+    #[arg(
+        long = "postgres-cidrs",
+        env = "AGENTRY_POSTGRES_CIDRS",
+        value_delimiter = ','
+    )]
     pub postgres_egress: Vec<String>,
     /// PostgreSQL port for tenant egress policies.
     #[arg(long, env = "AGENTRY_POSTGRES_PORT", default_value_t = 5432)]
     pub postgres_port: u16,
     /// Where NATS is, for tenant egress policies: CIDRs or namespace names. Empty allows the
     /// port to any destination.
-    #[arg(long, env = "AGENTRY_NATS_EGRESS", value_delimiter = ',')]
+    #[arg(long = "nats-cidrs", env = "AGENTRY_NATS_CIDRS", value_delimiter = ',')]
     pub nats_egress: Vec<String>,
     /// NATS client port for tenant egress policies.
     #[arg(long, env = "AGENTRY_NATS_PORT", default_value_t = 4222)]
     pub nats_port: u16,
-    /// Namespace the operator runs in: provider API key Secrets are read from here and the
-    /// leader Lease lives here.
-    #[arg(
-        long,
-        env = "AGENTRY_OPERATOR_NAMESPACE",
-        default_value = "agentry-system"
-    )]
-    pub operator_namespace: String,
+    /// Namespace the operator runs in, where provider API key Secrets are read from (default:
+    /// the pod's namespace in a cluster, else the kubeconfig context's).
+    #[arg(long, env = "AGENTRY_OPERATOR_NAMESPACE")]
+    pub operator_namespace: Option<String>,
     /// Address of `/healthz`, `/readyz` and `/metrics`.
-    #[arg(long, env = "AGENTRY_METRICS_ADDRESS", default_value = "0.0.0.0:8080")]
+    #[arg(long, env = "AGENTRY_METRICS_ADDR", default_value = "0.0.0.0:8080")]
     pub metrics_address: SocketAddr,
     /// Tenants reconciled at once.
     #[arg(long, env = "AGENTRY_RECONCILE_CONCURRENCY", default_value_t = 4)]
@@ -131,6 +146,9 @@ pub struct RunArgs {
     /// Name of the leader Lease.
     #[arg(long, env = "AGENTRY_LEASE_NAME", default_value = "agentry-operator")]
     pub lease_name: String,
+    /// Namespace of the leader Lease (default: the operator's namespace).
+    #[arg(long, env = "AGENTRY_LEASE_NAMESPACE")]
+    pub lease_namespace: Option<String>,
     /// Seconds a leader holds the Lease without renewing it.
     #[arg(long, env = "AGENTRY_LEASE_DURATION_SECONDS", default_value_t = 15)]
     pub lease_duration_seconds: u64,

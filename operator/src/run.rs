@@ -26,7 +26,6 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     // One TLS provider for the Kubernetes client and PostgreSQL, whatever else the
     // dependency graph enables.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let settings = Settings::from_args(&args)?;
     let identity = args
         .pod_name
         .clone()
@@ -52,6 +51,13 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let client = Client::try_default()
         .await
         .context("building the Kubernetes client (in-cluster config or kubeconfig)")?;
+    // In a cluster the client's default namespace is the pod's own.
+    let operator_namespace = args
+        .operator_namespace
+        .clone()
+        .filter(|n| !n.is_empty())
+        .unwrap_or_else(|| client.default_namespace().to_owned());
+    let settings = Settings::from_args(&args, &operator_namespace)?;
     let admin = PgConnectOptions::from_str(&args.database_url)
         .context("--database-url is not a PostgreSQL URL")?
         .application_name("agentry-operator");
@@ -80,7 +86,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let outcome = if args.leader_election {
         let lease = LeaseSettings {
             name: args.lease_name.clone(),
-            namespace: args.operator_namespace.clone(),
+            namespace: args
+                .lease_namespace
+                .clone()
+                .filter(|n| !n.is_empty())
+                .unwrap_or(operator_namespace),
             identity,
             duration_seconds: args.lease_duration_seconds,
             grace_seconds: args.lease_grace_seconds,

@@ -10,16 +10,18 @@ use crate::cli::RunArgs;
 /// A flag that cannot be used.
 #[derive(Debug, Error)]
 pub enum SettingsError {
-    /// A URL that does not parse.
-    #[error("{flag}: {value:?} is not a URL: {source}")]
-    Url {
+    /// The administrator URL does not parse.
+    #[error("--database-url is not a URL: {0}")]
+    Url(#[source] url::ParseError),
+    /// A tenant database setting that cannot be put into the URL.
+    #[error("{flag}: {value:?} cannot be used: {reason}")]
+    TenantDatabase {
         /// The flag.
         flag: &'static str,
-        /// What was given (credentials removed).
+        /// What was given.
         value: String,
         /// Why.
-        #[source]
-        source: url::ParseError,
+        reason: &'static str,
     },
     /// An egress peer that is neither a CIDR nor a namespace name.
     #[error("{flag}: {value:?} is neither a CIDR (10.0.0.0/8) nor a namespace name")]
@@ -70,6 +72,8 @@ pub struct IngressSettings {
 pub struct Settings {
     /// Default runtime image.
     pub runtime_image: String,
+    /// Its pull policy.
+    pub runtime_image_pull_policy: String,
     /// NATS URL for runtimes.
     pub nats_url: String,
     /// Database URL for runtimes, without credentials.
@@ -87,12 +91,9 @@ pub struct Settings {
 }
 
 impl Settings {
-    /// Settings from the `run` flags.
-    pub fn from_args(args: &RunArgs) -> Result<Self, SettingsError> {
-        let runtime_database_url = match &args.runtime_database_url {
-            Some(url) => parse_url("--runtime-database-url", url)?,
-            None => parse_url("--database-url", &args.database_url)?,
-        };
+    /// Settings from the `run` flags; `operator_namespace` is where the operator runs.
+    pub fn from_args(args: &RunArgs, operator_namespace: &str) -> Result<Self, SettingsError> {
+        let runtime_database_url = tenant_database_url(args)?;
         let ingress = match &args.base_domain {
             Some(domain) if !domain.is_empty() => Some(IngressSettings {
                 class: args.ingress_class.clone().filter(|c| !c.is_empty()),
@@ -113,6 +114,7 @@ impl Settings {
         };
         Ok(Self {
             runtime_image: args.runtime_image.clone(),
+            runtime_image_pull_policy: args.runtime_image_pull_policy.clone(),
             nats_url: args.nats_url.clone(),
             runtime_database_url,
             ingress,
@@ -123,28 +125,67 @@ impl Settings {
                 .cloned()
                 .collect(),
             postgres: EgressTarget {
-                peers: parse_peers("--postgres-egress", &args.postgres_egress)?,
+                peers: parse_peers("--postgres-cidrs", &args.postgres_egress)?,
                 port: args.postgres_port,
             },
             nats: EgressTarget {
-                peers: parse_peers("--nats-egress", &args.nats_egress)?,
+                peers: parse_peers("--nats-cidrs", &args.nats_egress)?,
                 port: args.nats_port,
             },
-            operator_namespace: args.operator_namespace.clone(),
+            operator_namespace: operator_namespace.to_owned(),
         })
     }
 }
 
-/// Parses a URL and drops its credentials: runtimes get their own.
-fn parse_url(flag: &'static str, value: &str) -> Result<Url, SettingsError> {
-    let mut url = Url::parse(value).map_err(|source| SettingsError::Url {
-        flag,
-        value: value.split('@').next_back().unwrap_or_default().to_owned(),
-        source,
-    })?;
+fn given(value: &Option<String>) -> Option<&str> {
+    value.as_deref().map(str::trim).filter(|v| !v.is_empty())
+}
+
+/// The URL tenant runtimes connect with: the administrator URL without its credentials
+/// (runtimes get their own), with host, port, database and `sslmode` replaced when given.
+fn tenant_database_url(args: &RunArgs) -> Result<Url, SettingsError> {
+    let mut url = Url::parse(&args.database_url).map_err(SettingsError::Url)?;
+    let bad =
+        |flag: &'static str, value: &str, reason: &'static str| SettingsError::TenantDatabase {
+            flag,
+            value: value.to_owned(),
+            reason,
+        };
     // Both calls fail only for URLs that cannot carry credentials, which then have none.
     let _ = url.set_username("");
     let _ = url.set_password(None);
+    if let Some(host) = given(&args.tenant_database_host) {
+        url.set_host(Some(host))
+            .map_err(|_| bad("--tenant-database-host", host, "not a host name"))?;
+    }
+    if let Some(port) = given(&args.tenant_database_port) {
+        let number: u16 = port
+            .parse()
+            .map_err(|_| bad("--tenant-database-port", port, "not a port number"))?;
+        url.set_port(Some(number))
+            .map_err(|()| bad("--tenant-database-port", port, "the URL takes no port"))?;
+    }
+    if let Some(name) = given(&args.tenant_database_name) {
+        if name.contains('/') {
+            return Err(bad(
+                "--tenant-database-name",
+                name,
+                "a database name has no '/'",
+            ));
+        }
+        url.set_path(&format!("/{name}"));
+    }
+    if let Some(mode) = given(&args.tenant_database_sslmode) {
+        let kept: Vec<(String, String)> = url
+            .query_pairs()
+            .filter(|(k, _)| k != "sslmode")
+            .map(|(k, v)| (k.into_owned(), v.into_owned()))
+            .collect();
+        url.query_pairs_mut()
+            .clear()
+            .extend_pairs(kept)
+            .append_pair("sslmode", mode);
+    }
     Ok(url)
 }
 
@@ -189,6 +230,7 @@ pub(crate) mod tests {
     pub(crate) fn settings() -> Settings {
         Settings {
             runtime_image: "registry.example/agentry-runtime:1.2.3".to_owned(),
+            runtime_image_pull_policy: "IfNotPresent".to_owned(),
             nats_url: "nats://nats.agentry-system.svc:4222".to_owned(),
             runtime_database_url: Url::parse(
                 "postgres://pg.agentry-system.svc:5432/agentry?sslmode=require",
@@ -224,7 +266,7 @@ pub(crate) mod tests {
 
     #[test]
     fn runtime_database_url_drops_the_administrator_credentials() {
-        let s = Settings::from_args(&args(&[])).unwrap();
+        let s = Settings::from_args(&args(&[]), "agentry-system").unwrap();
         assert_eq!(
             s.runtime_database_url.as_str(),
             "postgres://pg:5432/agentry?sslmode=require"
@@ -232,22 +274,52 @@ pub(crate) mod tests {
         assert!(s.ingress.is_none());
         assert!(s.postgres.peers.is_empty());
         assert_eq!(s.gateway_namespaces, ["ingress-nginx"]);
+        assert_eq!(s.operator_namespace, "agentry-system");
+    }
+
+    #[test]
+    fn tenant_database_parts_replace_those_of_the_administrator_url() {
+        let s = Settings::from_args(
+            &args(&[
+                "--tenant-database-host",
+                "pg.internal",
+                "--tenant-database-port",
+                "6432",
+                "--tenant-database-name",
+                "tenants",
+                "--tenant-database-sslmode",
+                "verify-full",
+            ]),
+            "ns",
+        )
+        .unwrap();
+        assert_eq!(
+            s.runtime_database_url.as_str(),
+            "postgres://pg.internal:6432/tenants?sslmode=verify-full"
+        );
+        let empty = Settings::from_args(&args(&["--tenant-database-host", ""]), "ns").unwrap();
+        assert_eq!(empty.runtime_database_url.host_str(), Some("pg"));
+        let e = Settings::from_args(&args(&["--tenant-database-port", "x"]), "ns").unwrap_err();
+        assert!(e.to_string().contains("--tenant-database-port"), "{e}");
     }
 
     #[test]
     fn peers_ingress_and_annotations_parse() {
-        let s = Settings::from_args(&args(&[
-            "--postgres-egress",
-            "10.0.4.0/24,databases",
-            "--nats-egress",
-            "fd00::/8",
-            "--base-domain",
-            "agentry.example.com.",
-            "--ingress-class",
-            "nginx",
-            "--ingress-annotations",
-            "cert-manager.io/cluster-issuer=letsencrypt",
-        ]))
+        let s = Settings::from_args(
+            &args(&[
+                "--postgres-cidrs",
+                "10.0.4.0/24,databases",
+                "--nats-cidrs",
+                "fd00::/8",
+                "--base-domain",
+                "agentry.example.com.",
+                "--ingress-class",
+                "nginx",
+                "--ingress-annotations",
+                "cert-manager.io/cluster-issuer=letsencrypt",
+            ]),
+            "ns",
+        )
         .unwrap();
         assert_eq!(
             s.postgres.peers,
@@ -272,15 +344,13 @@ pub(crate) mod tests {
     #[test]
     fn bad_settings_are_refused_with_the_flag_named() {
         for bad in ["10.0.0.0/33", "Not_A_Namespace", "300.1.1.1/8"] {
-            let e = Settings::from_args(&args(&["--postgres-egress", bad])).unwrap_err();
-            assert!(e.to_string().contains("--postgres-egress"), "{e}");
+            let e = Settings::from_args(&args(&["--postgres-cidrs", bad]), "ns").unwrap_err();
+            assert!(e.to_string().contains("--postgres-cidrs"), "{e}");
         }
-        let e = Settings::from_args(&args(&[
-            "--base-domain",
-            "x.io",
-            "--ingress-annotations",
-            "novalue",
-        ]))
+        let e = Settings::from_args(
+            &args(&["--base-domain", "x.io", "--ingress-annotations", "novalue"]),
+            "ns",
+        )
         .unwrap_err();
         assert!(e.to_string().contains("key=value"));
     }

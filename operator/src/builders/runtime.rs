@@ -111,7 +111,7 @@ fn container(tenant: &Tenant, settings: &Settings) -> Container {
     Container {
         name: "runtime".to_owned(),
         image: Some(image),
-        image_pull_policy: Some("IfNotPresent".to_owned()),
+        image_pull_policy: Some(settings.runtime_image_pull_policy.clone()),
         command: Some(vec!["agentry-runtime".to_owned()]),
         args: Some(vec![
             "serve".to_owned(),
