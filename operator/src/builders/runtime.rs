@@ -12,16 +12,16 @@ use k8s_openapi::api::autoscaling::v2::{
 };
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource, EnvVar,
-    EnvVarSource, HTTPGetAction, ObjectFieldSelector, PodSecurityContext, PodSpec, PodTemplateSpec,
-    Probe, ResourceRequirements, SeccompProfile, SecretKeySelector, SecretVolumeSource,
-    SecurityContext, Service, ServicePort, ServiceSpec, Volume, VolumeMount,
+    EnvVarSource, HTTPGetAction, KeyToPath, ObjectFieldSelector, PodSecurityContext, PodSpec,
+    PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile, SecretKeySelector,
+    SecretVolumeSource, SecurityContext, Service, ServicePort, ServiceSpec, Volume, VolumeMount,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
-use super::secrets::{DATABASE_URL_KEY, PROVIDER_KEYS_DIR};
+use super::secrets::{DATABASE_URL_KEY, PROVIDER_KEYS_DIR, provider_key_name};
 use super::{
     BUNDLE_CONFIGMAP, BUNDLE_KEY, CREDENTIALS_SECRET, HTTP_PORT, Owner, PROVIDER_KEYS_SECRET,
     RUNTIME, SERVICE_PORT,
@@ -143,7 +143,7 @@ fn container(tenant: &Tenant, settings: &Settings) -> Container {
                 "AGENTRY_RATE_LIMIT_SHARDS",
                 rate_limit_shards(tenant).to_string(),
             ),
-            env("AGENTRY_PROVIDER_KEYS_DIR", PROVIDER_KEYS_DIR),
+            env("AGENTRY_PROVIDER_SECRETS_DIR", PROVIDER_KEYS_DIR),
             env("AGENTRY_LOG_JSON", "true"),
             EnvVar {
                 name: "AGENTRY_REPLICA_ID".to_owned(),
@@ -198,7 +198,30 @@ fn container(tenant: &Tenant, settings: &Settings) -> Container {
     }
 }
 
-fn volumes() -> Vec<Volume> {
+/// `<secret>/<key>` files of the provider keys the tenant refers to. The list is part of the
+/// pod template, so adding or removing a reference rolls the pods; a rotated key's value
+/// reaches running pods without a restart. `optional`: a key that is missing leaves its file
+/// out instead of keeping the pod from starting (BundleReady names it).
+fn provider_key_items(tenant: &Tenant) -> Option<Vec<KeyToPath>> {
+    let references: std::collections::BTreeSet<_> = tenant
+        .spec
+        .providers
+        .iter()
+        .filter_map(|p| p.api_key_secret_ref.clone())
+        .collect();
+    (!references.is_empty()).then(|| {
+        references
+            .iter()
+            .map(|r| KeyToPath {
+                key: provider_key_name(r),
+                path: format!("{}/{}", r.name, r.key),
+                mode: None,
+            })
+            .collect()
+    })
+}
+
+fn volumes(tenant: &Tenant) -> Vec<Volume> {
     vec![
         Volume {
             name: "bundle".to_owned(),
@@ -212,8 +235,9 @@ fn volumes() -> Vec<Volume> {
             name: "provider-keys".to_owned(),
             secret: Some(SecretVolumeSource {
                 secret_name: Some(PROVIDER_KEYS_SECRET.to_owned()),
+                items: provider_key_items(tenant),
+                optional: Some(true),
                 default_mode: Some(0o440),
-                ..SecretVolumeSource::default()
             }),
             ..Volume::default()
         },
@@ -266,7 +290,7 @@ pub fn deployment(owner: &Owner, tenant: &Tenant, settings: &Settings) -> Deploy
                         ..PodSecurityContext::default()
                     }),
                     containers: vec![container(tenant, settings)],
-                    volumes: Some(volumes()),
+                    volumes: Some(volumes(tenant)),
                     ..PodSpec::default()
                 }),
             },
@@ -495,6 +519,42 @@ mod tests {
             Some(60)
         );
         assert!(autoscaler(&Owner::of(&tenant()), &tenant()).is_none());
+    }
+
+    #[test]
+    fn provider_keys_are_files_named_secret_slash_key() {
+        let t = full_tenant();
+        let d = deployment(&Owner::of(&t), &t, &settings());
+        let pod = pod(&d);
+        assert_eq!(
+            env_value(&pod.containers[0], "AGENTRY_PROVIDER_SECRETS_DIR").unwrap(),
+            "/etc/agentry/providers"
+        );
+        let volume = pod
+            .volumes
+            .unwrap()
+            .into_iter()
+            .find(|v| v.name == "provider-keys")
+            .unwrap()
+            .secret
+            .unwrap();
+        assert_eq!(volume.optional, Some(true));
+        let items = volume.items.unwrap();
+        assert_eq!(items.len(), 1);
+        assert_eq!(items[0].key, "openai-key_api-key");
+        assert_eq!(items[0].path, "openai-key/api-key");
+        let plain = deployment(&Owner::of(&tenant()), &tenant(), &settings());
+        let none = plain.spec.unwrap().template.spec.unwrap().volumes.unwrap();
+        assert!(
+            none.iter()
+                .find(|v| v.name == "provider-keys")
+                .unwrap()
+                .secret
+                .as_ref()
+                .unwrap()
+                .items
+                .is_none()
+        );
     }
 
     #[test]

@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 
+use agentry_crds::common::SecretKeyRef;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 
@@ -20,8 +21,15 @@ pub const PASSWORD_KEY: &str = "password";
 pub const TENANT_ID_KEY: &str = "tenant-id";
 /// Key of the bootstrap admin API key (`agk_...`).
 pub const ADMIN_API_KEY_KEY: &str = "admin-api-key";
-/// Where the runtime finds provider API keys: one file per provider, named after it.
-pub const PROVIDER_KEYS_DIR: &str = "/etc/agentry/provider-keys";
+/// Where the runtime finds provider API keys: the key `k` of Secret `s` (a provider's
+/// `apiKeySecretRef`) is the file `<dir>/s/k` (the runtime's `AGENTRY_PROVIDER_SECRETS_DIR`).
+pub const PROVIDER_KEYS_DIR: &str = "/etc/agentry/providers";
+
+/// Key of a provider API key in the projected Secret: `<secret>_<key>`. Secret names never
+/// contain `_`, so the first `_` separates the two and no two references share a key.
+pub fn provider_key_name(reference: &SecretKeyRef) -> String {
+    format!("{}_{}", reference.name, reference.key)
+}
 
 /// The database URL a runtime connects with.
 pub fn database_url(settings: &Settings, db: &Provisioned) -> String {
@@ -57,8 +65,9 @@ pub fn credentials(owner: &Owner, settings: &Settings, db: &Provisioned) -> Secr
     }
 }
 
-/// Copies of provider API keys, keyed by provider name. Always applied (possibly empty) so
-/// that the runtime's volume always exists and keys come and go without a restart.
+/// Copies of the provider API keys the tenant refers to, keyed by [`provider_key_name`].
+/// Always applied (possibly empty) so that the runtime's volume always exists; keys that are
+/// no longer referred to leave with the next apply.
 pub fn provider_keys(owner: &Owner, keys: &BTreeMap<String, ByteString>) -> Secret {
     Secret {
         metadata: owner.meta(PROVIDER_KEYS_SECRET),
@@ -105,9 +114,14 @@ mod tests {
         let owner = Owner::of(&tenant());
         let empty = provider_keys(&owner, &BTreeMap::new());
         assert_eq!(empty.data, Some(BTreeMap::new()));
-        let keys = BTreeMap::from([("openai".to_owned(), ByteString(b"sk-1".to_vec()))]);
+        let reference = SecretKeyRef {
+            name: "openai-key".to_owned(),
+            key: "api_key".to_owned(),
+        };
+        assert_eq!(provider_key_name(&reference), "openai-key_api_key");
+        let keys = BTreeMap::from([(provider_key_name(&reference), ByteString(b"sk-1".to_vec()))]);
         let s = provider_keys(&owner, &keys);
         assert_eq!(s.metadata.name.as_deref(), Some(PROVIDER_KEYS_SECRET));
-        assert_eq!(s.data.unwrap()["openai"].0, b"sk-1");
+        assert_eq!(s.data.unwrap()["openai-key_api_key"].0, b"sk-1");
     }
 }

@@ -11,7 +11,7 @@ use kube::{Api, Client};
 
 use super::error::Error;
 use crate::builders::CREDENTIALS_SECRET;
-use crate::builders::secrets::{ADMIN_API_KEY_KEY, PASSWORD_KEY};
+use crate::builders::secrets::{ADMIN_API_KEY_KEY, PASSWORD_KEY, provider_key_name};
 use crate::database::ExistingCredentials;
 
 /// What the cluster holds for one Tenant.
@@ -61,7 +61,8 @@ impl Fetched {
         }
     }
 
-    /// Provider API keys by provider name, and a message for each key that cannot be found.
+    /// Provider API keys by projected key name, and a message for each key that cannot be
+    /// found.
     pub fn provider_keys(
         &self,
         tenant: &Tenant,
@@ -84,7 +85,7 @@ impl Fetched {
                 .and_then(|d| d.get(&reference.key));
             match (secret.is_some(), value) {
                 (_, Some(value)) => {
-                    keys.insert(provider.name.clone(), value.clone());
+                    keys.insert(provider_key_name(reference), value.clone());
                 }
                 (true, None) => missing.push(format!(
                     "provider {}: Secret {operator_namespace}/{} has no key {:?}",

@@ -142,7 +142,7 @@ async fn every_permission_is_used_and_every_call_is_permitted() {
     .await;
     result.unwrap();
     let keys = find_call(&calls, "PATCH", &core("secrets", "agentry-provider-keys"));
-    assert_eq!(keys.body["data"]["openai"], "c2stMQ==");
+    assert_eq!(keys.body["data"]["openai-key_api-key"], "c2stMQ==");
     record(&calls);
 
     // Without an autoscaler (its delete), the finalizer's add and the deletion path.
