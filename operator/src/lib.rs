@@ -1,7 +1,21 @@
-//! The Agentry operator: reconciles Tenants and their resources.
+//! The Agentry operator: reconciles Tenants into namespaces, database roles, bundles and
+//! runtime pods.
 
+pub mod builders;
 pub mod cli;
+pub mod controller;
+pub mod database;
 pub mod generate;
+pub mod leader;
+pub mod metrics;
+pub mod rbac;
+pub mod run;
+pub mod server;
+pub mod settings;
+pub mod status;
+
+#[cfg(test)]
+pub(crate) mod fixtures;
 
 use cli::{Cli, Command};
 
@@ -13,5 +27,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Generate(args) => generate::write_all(&args),
+        Command::Run(args) => run::run(*args).await,
     }
 }

@@ -1,0 +1,328 @@
+//! What the controller does for a new, converged, invalid, suspended, autoscaled and deleted
+//! tenant, call by call.
+
+use std::sync::Arc;
+
+use agentry_crds::bundle::RuntimeBundle;
+use agentry_crds::conditions::{reasons, types};
+use agentry_crds::tenant::TenantPhase;
+use kube::runtime::controller::Action;
+use serde_json::{Value, json};
+
+use super::world::*;
+use super::*;
+use crate::controller::reconcile;
+use crate::fixtures::{at, objects, tenant};
+use crate::settings::tests::settings;
+
+#[tokio::test]
+async fn a_new_tenant_gets_its_namespace_database_bundle_and_runtime() {
+    let fake = Arc::new(FakeProvisioner::default());
+    let world = World::new(live_tenant(), objects(false));
+    let (result, calls, _) =
+        reconcile_world(&world, &new_tenant_writes(), fake.clone(), at(1_000)).await;
+    assert_eq!(
+        result.unwrap(),
+        Action::requeue(std::time::Duration::from_secs(300))
+    );
+    assert_eq!(fake.calls(), ["ensure acme suspended=false"]);
+
+    let ns = find_call(&calls, "PATCH", &format!("/api/v1/namespaces/{NS}"));
+    assert_eq!(ns.body["metadata"]["labels"]["agentry.dev/tenant"], "acme");
+    assert_eq!(
+        ns.body["metadata"]["labels"]["pod-security.kubernetes.io/enforce"],
+        "restricted"
+    );
+    assert_eq!(ns.body["metadata"]["ownerReferences"][0]["kind"], "Tenant");
+    assert_eq!(
+        ns.body["metadata"]["ownerReferences"][0]["uid"],
+        "0b8c3a52-0000-4000-8000-000000000001"
+    );
+
+    let creds = find_call(
+        &calls,
+        "PATCH",
+        &core("secrets", "agentry-runtime-credentials"),
+    );
+    let password = &creds.body["data"]["password"];
+    assert_eq!(
+        password.as_str().map(|p| p.len()),
+        Some(44),
+        "base64 of the generated password: {password}"
+    );
+    assert!(creds.body.get("stringData").is_none());
+
+    let bundle = find_call(&calls, "PATCH", &core("configmaps", "agentry-bundle"));
+    let published: RuntimeBundle =
+        serde_json::from_str(bundle.body["data"]["bundle.json"].as_str().unwrap()).unwrap();
+    assert!(published.verify_hash());
+    assert!(published.agents.contains_key("triage"));
+    assert_eq!(published.tenant.display_name.as_deref(), Some("Acme Corp"));
+
+    let deployment = find_call(
+        &calls,
+        "PATCH",
+        &grouped("apps/v1", "deployments", "agentry-runtime"),
+    );
+    assert_eq!(deployment.body["spec"]["replicas"], 1);
+    let container = &deployment.body["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(container["image"], "registry.example/agentry-runtime:1.2.3");
+
+    let status = status_of(&calls);
+    assert_eq!(status.phase, Some(TenantPhase::Ready));
+    assert_eq!(status.namespace.as_deref(), Some(NS));
+    assert_eq!(
+        status.endpoint.as_deref(),
+        Some("http://agentry-runtime.tenant-acme.svc")
+    );
+    assert_eq!(status.bundle_hash.as_deref(), Some(published.hash.as_str()));
+    let counts = status.counts.clone().unwrap();
+    assert_eq!(
+        (
+            counts.agents,
+            counts.tools,
+            counts.workflows,
+            counts.flags,
+            counts.invalid
+        ),
+        (1, 1, 1, 1, 0)
+    );
+    for type_ in [
+        types::NAMESPACE_READY,
+        types::DATABASE_READY,
+        types::BUNDLE_READY,
+        types::RUNTIME_READY,
+        types::READY,
+    ] {
+        let c = condition(&status, type_);
+        assert_eq!(c.status, "True", "{type_}: {}", c.message);
+        assert_eq!(c.observed_generation, Some(1));
+        assert_eq!(c.last_transition_time, at(1_000));
+    }
+    assert!(
+        condition(&status, types::RUNTIME_READY)
+            .message
+            .contains("1 of 1")
+    );
+
+    let agent = find_call(
+        &calls,
+        "PATCH",
+        &format!("{}/triage/status", crd_list("agents")),
+    );
+    assert_eq!(
+        agent.body["status"]["conditions"][0]["reason"],
+        reasons::COMPILED
+    );
+    assert_eq!(agent.body["status"]["model"], "small");
+
+    let events: Vec<&Call> = calls.iter().filter(|c| c.method == "POST").collect();
+    assert_eq!(events[0].body["reason"], "Provisioned");
+    assert!(
+        events[0].body["note"]
+            .as_str()
+            .unwrap()
+            .contains("agentry_tenant_acme")
+    );
+    assert_eq!(events[1].body["reason"], "Ready");
+    assert_eq!(events[1].body["type"], "Normal");
+    assert_eq!(events[1].body["regarding"]["kind"], "Tenant");
+}
+
+/// The world after a first reconcile: what it applied is what the API server now holds.
+
+#[tokio::test]
+async fn a_converged_tenant_applies_identical_objects_and_writes_no_status() {
+    let fake = Arc::new(FakeProvisioner::default());
+    let world = World::new(live_tenant(), objects(false));
+    let (first, calls, _) =
+        reconcile_world(&world, &new_tenant_writes(), fake.clone(), at(1_000)).await;
+    first.unwrap();
+
+    let again = converged(&world, &calls);
+    // Later, nothing changed: only the applies, no status, no event.
+    let (second, calls2, ctx) =
+        reconcile_world(&again, &Writes::default(), fake.clone(), at(9_000)).await;
+    second.unwrap();
+    let applies = |calls: &[Call]| -> Vec<(String, Value)> {
+        calls
+            .iter()
+            .filter(|c| c.is_apply() && !c.path.ends_with("/status"))
+            .map(|c| (c.path.clone(), c.body.clone()))
+            .collect()
+    };
+    assert_eq!(applies(&calls), applies(&calls2));
+    assert!(
+        calls2
+            .iter()
+            .all(|c| !c.path.ends_with("/status") && c.method != "POST")
+    );
+    assert_eq!(
+        fake.calls(),
+        ["ensure acme suspended=false", "ensure acme suspended=false"]
+    );
+    assert!(!ctx.metrics.encode().contains("status_writes_total{"));
+}
+
+#[tokio::test]
+async fn an_invalid_agent_says_why_and_the_rest_still_compiles() {
+    let fake = Arc::new(FakeProvisioner::default());
+    let world = World::new(live_tenant(), objects(true));
+    let mut writes = new_tenant_writes();
+    writes.children.insert(1, ("agents", "broken"));
+    let (result, calls, _) = reconcile_world(&world, &writes, fake, at(1_000)).await;
+    result.unwrap();
+
+    let broken = find_call(
+        &calls,
+        "PATCH",
+        &format!("{}/broken/status", crd_list("agents")),
+    );
+    let ready = &broken.body["status"]["conditions"][0];
+    assert_eq!(ready["type"], "Ready");
+    assert_eq!(ready["status"], "False");
+    assert_eq!(ready["reason"], reasons::INVALID);
+    assert!(
+        ready["message"]
+            .as_str()
+            .unwrap()
+            .contains("gpt-nonexistent"),
+        "{ready}"
+    );
+    assert_eq!(broken.body["status"]["observedGeneration"], 3);
+
+    let bundle = find_call(&calls, "PATCH", &core("configmaps", "agentry-bundle"));
+    let published: RuntimeBundle =
+        serde_json::from_str(bundle.body["data"]["bundle.json"].as_str().unwrap()).unwrap();
+    assert!(published.agents.contains_key("triage"));
+    assert!(!published.agents.contains_key("broken"));
+
+    let status = status_of(&calls);
+    assert_eq!(status.counts.clone().unwrap().invalid, 1);
+    let bundle_ready = condition(&status, types::BUNDLE_READY);
+    assert_eq!(bundle_ready.status, "True");
+    assert!(
+        bundle_ready.message.contains("1 invalid objects left out"),
+        "{}",
+        bundle_ready.message
+    );
+}
+
+#[tokio::test]
+async fn a_suspended_tenant_scales_to_zero_and_is_suspended_in_the_database() {
+    let fake = Arc::new(FakeProvisioner::default());
+    let mut tenant = live_tenant();
+    tenant.spec.suspended = true;
+    let mut world = World::new(tenant, objects(false));
+    world.available = 0;
+    let (result, calls, _) =
+        reconcile_world(&world, &new_tenant_writes(), fake.clone(), at(1_000)).await;
+    result.unwrap();
+    assert_eq!(fake.calls(), ["ensure acme suspended=true"]);
+    let deployment = find_call(
+        &calls,
+        "PATCH",
+        &grouped("apps/v1", "deployments", "agentry-runtime"),
+    );
+    assert_eq!(deployment.body["spec"]["replicas"], 0);
+    let status = status_of(&calls);
+    assert_eq!(status.phase, Some(TenantPhase::Suspended));
+    let ready = condition(&status, types::READY);
+    assert_eq!(
+        (ready.status.as_str(), ready.reason.as_str()),
+        ("False", reasons::SUSPENDED)
+    );
+    let event = calls.iter().rfind(|c| c.method == "POST").unwrap();
+    assert_eq!(event.body["reason"], reasons::SUSPENDED);
+    assert_eq!(event.body["type"], "Normal");
+}
+
+#[tokio::test]
+async fn an_autoscaled_tenant_gets_an_autoscaler_and_no_fixed_replicas() {
+    let fake = Arc::new(FakeProvisioner::default());
+    let mut tenant = live_tenant();
+    tenant.spec.runtime = Some(agentry_crds::tenant::RuntimeSpec {
+        autoscaling: Some(agentry_crds::tenant::AutoscalingSpec {
+            min_replicas: Some(2),
+            max_replicas: 5,
+            target_cpu_utilization_percentage: None,
+        }),
+        ..Default::default()
+    });
+    let world = World::new(tenant, objects(false));
+    let writes = Writes {
+        hpa: true,
+        ..new_tenant_writes()
+    };
+    let (result, calls, _) = reconcile_world(&world, &writes, fake, at(1_000)).await;
+    result.unwrap();
+    let deployment = find_call(
+        &calls,
+        "PATCH",
+        &grouped("apps/v1", "deployments", "agentry-runtime"),
+    );
+    assert!(deployment.body["spec"].get("replicas").is_none());
+    let hpa = find_call(
+        &calls,
+        "PATCH",
+        &grouped(
+            "autoscaling/v2",
+            "horizontalpodautoscalers",
+            "agentry-runtime",
+        ),
+    );
+    assert_eq!(hpa.body["spec"]["maxReplicas"], 5);
+}
+
+#[tokio::test]
+async fn a_new_tenant_first_gets_the_finalizer() {
+    let fake = Arc::new(FakeProvisioner::default());
+    let (ctx, handle) = context(settings(), fake.clone(), at(1_000));
+    let scenario = vec![patch(
+        TENANT_PATH,
+        Reply::Json(200, serde_json::to_value(live_tenant()).unwrap()),
+    )];
+    let (result, calls) = run_scenario(handle, scenario, reconcile(Arc::new(tenant()), ctx)).await;
+    assert_eq!(result.unwrap(), Action::await_change());
+    assert_eq!(calls[0].content_type, "application/json-patch+json");
+    assert_eq!(
+        calls[0].body,
+        json!([
+            {"op": "test", "path": "/metadata/finalizers", "value": null},
+            {"op": "add", "path": "/metadata/finalizers", "value": ["agentry.dev/cleanup"]},
+        ])
+    );
+    assert!(
+        fake.calls().is_empty(),
+        "nothing is provisioned before the finalizer is in place"
+    );
+}
+
+#[tokio::test]
+async fn deletion_stops_the_runtime_drops_the_role_then_removes_the_finalizer() {
+    let fake = Arc::new(FakeProvisioner::default());
+    let (ctx, handle) = context(settings(), fake.clone(), at(6_000));
+    let (result, calls) = run_scenario(
+        handle,
+        deletion_scenario(),
+        reconcile(Arc::new(deleted_tenant()), ctx),
+    )
+    .await;
+    assert_eq!(result.unwrap(), Action::await_change());
+    assert_eq!(fake.calls(), ["remove acme Retain"]);
+    assert_eq!(calls[0].body["status"]["phase"], "Terminating");
+    assert!(
+        calls[2].body["note"]
+            .as_str()
+            .unwrap()
+            .contains("kept (onDelete: Retain)")
+    );
+    assert_eq!(calls[3].content_type, "application/json-patch+json");
+    assert_eq!(
+        calls[3].body,
+        json!([
+            {"op": "test", "path": "/metadata/finalizers/0", "value": "agentry.dev/cleanup"},
+            {"op": "remove", "path": "/metadata/finalizers/0"},
+        ])
+    );
+}
