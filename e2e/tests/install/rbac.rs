@@ -10,88 +10,6 @@ use crate::support::{self, default_render, full_render, one, read_documents};
 /// One permission: (apiGroup, resource, verb).
 type Triple = (String, String, String);
 
-/// The operator's permissions as the integrator expects them, kept here until the operator's
-/// own table (`operator/src/rbac.rs`) is the only source; `permission_list_matches_the_operator`
-/// compares the chart with that table.
-const EXPECTED: &[(&str, &str, &[&str])] = &[
-    ("agentry.dev", "tenants", &["get", "list", "watch", "patch"]),
-    ("agentry.dev", "tenants/status", &["get", "patch"]),
-    ("agentry.dev", "tenants/finalizers", &["update"]),
-    ("agentry.dev", "agents", &["get", "list", "watch"]),
-    ("agentry.dev", "agents/status", &["get", "patch"]),
-    ("agentry.dev", "tools", &["get", "list", "watch"]),
-    ("agentry.dev", "tools/status", &["get", "patch"]),
-    ("agentry.dev", "workflows", &["get", "list", "watch"]),
-    ("agentry.dev", "workflows/status", &["get", "patch"]),
-    ("agentry.dev", "featureflags", &["get", "list", "watch"]),
-    ("agentry.dev", "featureflags/status", &["get", "patch"]),
-    (
-        "",
-        "namespaces",
-        &["get", "list", "watch", "create", "patch", "delete"],
-    ),
-    (
-        "",
-        "resourcequotas",
-        &["get", "list", "watch", "create", "patch", "delete"],
-    ),
-    (
-        "",
-        "limitranges",
-        &["get", "list", "watch", "create", "patch", "delete"],
-    ),
-    (
-        "",
-        "serviceaccounts",
-        &["get", "list", "watch", "create", "patch", "delete"],
-    ),
-    (
-        "",
-        "services",
-        &["get", "list", "watch", "create", "patch", "delete"],
-    ),
-    (
-        "",
-        "configmaps",
-        &["get", "list", "watch", "create", "patch", "delete"],
-    ),
-    (
-        "",
-        "secrets",
-        &["get", "list", "watch", "create", "patch", "delete"],
-    ),
-    (
-        "apps",
-        "deployments",
-        &["get", "list", "watch", "create", "patch", "delete"],
-    ),
-    (
-        "policy",
-        "poddisruptionbudgets",
-        &["get", "list", "watch", "create", "patch", "delete"],
-    ),
-    (
-        "autoscaling",
-        "horizontalpodautoscalers",
-        &["get", "list", "watch", "create", "patch", "delete"],
-    ),
-    (
-        "networking.k8s.io",
-        "networkpolicies",
-        &["get", "list", "watch", "create", "patch", "delete"],
-    ),
-    (
-        "networking.k8s.io",
-        "ingresses",
-        &["get", "list", "watch", "create", "patch", "delete"],
-    ),
-    ("events.k8s.io", "events", &["create", "patch"]),
-    (
-        "coordination.k8s.io",
-        "leases",
-        &["get", "create", "update"],
-    ),
-];
 
 fn triples<'a>(
     table: impl IntoIterator<Item = (&'a str, &'a str, Vec<&'a str>)>,
@@ -214,15 +132,6 @@ fn rendered_roles_grant_exactly_the_permission_list() {
     }
 }
 
-#[test]
-fn permission_list_matches_the_expected_copy() {
-    let expected = triples(EXPECTED.iter().map(|(g, r, v)| (*g, *r, v.to_vec())));
-    assert_same(
-        "helm/agentry/files/operator-permissions.yaml differs from the expected list",
-        &chart_list(),
-        &expected,
-    );
-}
 
 /// Reads `PERMISSIONS: &[(&str, &str, &[&str])]` out of operator/src/rbac.rs: each tuple's
 /// string literals are its group, resource and verbs.
