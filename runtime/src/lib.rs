@@ -16,6 +16,7 @@ pub mod serve;
 pub mod state;
 pub mod telemetry;
 pub mod tenancy;
+pub mod tools;
 
 use cli::{Cli, Command};
 
