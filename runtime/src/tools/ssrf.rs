@@ -221,7 +221,7 @@ impl EgressAllowlist {
     /// Whether `host` (a URL host, a DNS name or an IP literal) is named by the list.
     pub fn allows(&self, host: &str) -> bool {
         let host = normalize_host(host);
-        self.exact.iter().any(|e| *e == host) || self.suffixes.iter().any(|s| host.ends_with(s))
+        self.exact.contains(&host) || self.suffixes.iter().any(|s| host.ends_with(s))
     }
 }
 

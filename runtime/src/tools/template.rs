@@ -65,10 +65,10 @@ fn one_line(e: &Error) -> String {
 }
 
 fn url_formatter(out: &mut Output, _state: &mut State, value: &JinjaValue) -> Result<(), Error> {
-    if value.is_safe() {
-        if let Some(s) = value.as_str() {
-            return out.write_str(s).map_err(Error::from);
-        }
+    if value.is_safe()
+        && let Some(s) = value.as_str()
+    {
+        return out.write_str(s).map_err(Error::from);
     }
     if value.is_undefined() || value.is_none() {
         return Ok(());
