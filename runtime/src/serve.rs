@@ -113,14 +113,21 @@ impl Runtime {
             limiter: Limiter::new(common.rate_limit_shards),
             budgets,
             metrics,
-            nats: Some(nats),
+            nats: Some(nats.clone()),
             http,
             tenants,
             db,
             shutdown,
             dev_mode,
         });
-        let tasks = JoinSet::new();
+        let mut tasks = JoinSet::new();
+        let relay = crate::events::Relay::new(
+            state.db.clone(),
+            async_nats::jetstream::new(nats),
+            state.tenants.clone(),
+            state.metrics.clone(),
+        );
+        tasks.spawn(relay.run(state.shutdown.clone()));
         Ok(Self { state, tasks })
     }
 

@@ -40,8 +40,11 @@ pub enum DbError {
         /// The session role.
         role: String,
         /// What makes it unsafe.
-        reason: &'static str,
+        reason: String,
     },
+    /// The `agentry` schema does not exist in the database.
+    #[error("the database has no agentry schema: run `agentry-runtime migrate` first")]
+    NotMigrated,
     /// The role is neither a tenant role nor a shared role.
     #[error(
         "database role {0:?} is not mapped to a tenant in agentry.tenant_roles (did the operator provision it, and did `agentry-runtime migrate` run?)"
@@ -86,30 +89,40 @@ impl Db {
     }
 
     /// Wraps an existing pool after the same checks as [`Db::connect`].
+    ///
+    /// Refuses a role that could escape row-level security: a superuser, a BYPASSRLS role, a
+    /// CREATEROLE role (it could grant itself either), a member of such a role (`SET ROLE`
+    /// reaches it), and an owner (or member of the owner) of the `agentry` schema or of
+    /// anything in it (an owner can disable RLS, drop a policy or replace a function).
     pub async fn from_pool(pool: PgPool) -> Result<Self, DbError> {
-        let (role, superuser, bypass, owns): (String, bool, bool, bool) = sqlx::query_as(
-            "select r.rolname::text, r.rolsuper, r.rolbypassrls,
-                    exists (select 1 from pg_tables t
-                            where t.schemaname = 'agentry'
-                              and pg_has_role(session_user, t.tableowner, 'MEMBER'))
-             from pg_roles r where r.rolname = session_user",
-        )
-        .fetch_one(&pool)
-        .await?;
-        let unsafe_role = |reason| DbError::UnsafeRole {
-            role: role.clone(),
+        let check: RoleCheck = sqlx::query_as(ROLE_CHECK).fetch_one(&pool).await?;
+        let unsafe_role = |reason: String| DbError::UnsafeRole {
+            role: check.role.clone(),
             reason,
         };
-        if superuser {
-            return Err(unsafe_role("it is a superuser"));
+        if check.superuser {
+            return Err(unsafe_role("it is a superuser".into()));
         }
-        if bypass {
-            return Err(unsafe_role("it has BYPASSRLS"));
+        if check.bypass_rls {
+            return Err(unsafe_role("it has BYPASSRLS".into()));
         }
-        if owns {
+        if check.create_role {
             return Err(unsafe_role(
-                "it owns (or is a member of the owner of) the agentry tables",
+                "it has CREATEROLE (it could grant itself a role that bypasses RLS)".into(),
             ));
+        }
+        if let Some(powerful) = &check.member_of_powerful {
+            return Err(unsafe_role(format!(
+                "it is a member of {powerful}, which is a superuser or has BYPASSRLS"
+            )));
+        }
+        if let Some(object) = &check.owns {
+            return Err(unsafe_role(format!(
+                "it owns {object} (directly or through role membership)"
+            )));
+        }
+        if !check.migrated {
+            return Err(DbError::NotMigrated);
         }
         let (shared, tenant): (bool, Option<Uuid>) =
             sqlx::query_as("select agentry.session_is_shared(), agentry.current_tenant()")
@@ -118,9 +131,13 @@ impl Db {
         let mode = match (shared, tenant) {
             (true, _) => RoleMode::Shared,
             (false, Some(id)) => RoleMode::Tenant(TenantId(id)),
-            (false, None) => return Err(DbError::Unmapped(role)),
+            (false, None) => return Err(DbError::Unmapped(check.role)),
         };
-        Ok(Self { pool, mode, role })
+        Ok(Self {
+            pool,
+            mode,
+            role: check.role,
+        })
     }
 
     /// How the role maps to tenants.
@@ -159,6 +176,49 @@ impl Db {
         }
     }
 }
+
+/// What [`Db::from_pool`] learns about the session role.
+#[derive(sqlx::FromRow)]
+struct RoleCheck {
+    role: String,
+    superuser: bool,
+    bypass_rls: bool,
+    create_role: bool,
+    /// Superuser or BYPASSRLS roles the session role is a member of.
+    member_of_powerful: Option<String>,
+    /// One object of the agentry schema (or the schema itself) the role owns.
+    owns: Option<String>,
+    migrated: bool,
+}
+
+/// The session role's attributes. `session_user`, not `current_user`: it is the role the
+/// tenant mapping follows, and every role it can `SET ROLE` to is one it is a member of, so
+/// the membership checks cover those. `pg_has_role(.., 'MEMBER')` is true for the role itself.
+const ROLE_CHECK: &str = "
+select r.rolname::text as role,
+       r.rolsuper as superuser,
+       r.rolbypassrls as bypass_rls,
+       r.rolcreaterole as create_role,
+       (select string_agg(quote_ident(p.rolname), ', ' order by p.rolname)
+          from pg_roles p
+         where p.oid <> r.oid and (p.rolsuper or p.rolbypassrls)
+           and pg_has_role(r.oid, p.oid, 'MEMBER')) as member_of_powerful,
+       (select min(o.object) from (
+          select 'schema agentry' as object
+            from pg_namespace n
+           where n.nspname = 'agentry' and pg_has_role(r.oid, n.nspowner, 'MEMBER')
+          union all
+          select 'relation ' || c.oid::regclass::text
+            from pg_class c join pg_namespace n on n.oid = c.relnamespace
+           where n.nspname = 'agentry' and pg_has_role(r.oid, c.relowner, 'MEMBER')
+          union all
+          select 'function ' || p.oid::regprocedure::text
+            from pg_proc p join pg_namespace n on n.oid = p.pronamespace
+           where n.nspname = 'agentry' and pg_has_role(r.oid, p.proowner, 'MEMBER')
+        ) o) as owns,
+       to_regnamespace('agentry') is not null as migrated
+  from pg_roles r
+ where r.rolname = session_user";
 
 impl From<DbError> for crate::error::ApiError {
     fn from(e: DbError) -> Self {

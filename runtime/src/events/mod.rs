@@ -2,7 +2,10 @@
 //! outbox), published to JetStream by the relay, and kept as the tenant's audit log.
 //! Types and payloads are documented in docs/events.md.
 
-use serde::Serialize;
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sqlx::PgConnection;
 use uuid::Uuid;
@@ -12,12 +15,56 @@ use crate::tenancy::TenantId;
 pub mod audit;
 pub mod relay;
 
+pub use relay::{Relay, RelayConfig};
+
 /// JetStream stream that holds every tenant's events.
 pub const STREAM: &str = "AGENTRY";
 
+/// First token of every event subject.
+pub const SUBJECT_PREFIX: &str = "agentry";
+
 /// NATS subject of an event: `agentry.<tenant>.<type>`.
 pub fn subject(tenant_name: &str, event_type: &str) -> String {
-    format!("agentry.{tenant_name}.{event_type}")
+    format!("{SUBJECT_PREFIX}.{tenant_name}.{event_type}")
+}
+
+/// An event as published on NATS and listed by the audit API (docs/events.md).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Envelope {
+    /// Event id, a UUIDv7 (sorts by creation); also the `Nats-Msg-Id` header.
+    pub id: Uuid,
+    /// Dotted event type, such as `apikey.created`.
+    #[serde(rename = "type")]
+    pub type_: String,
+    /// Payload version of the type.
+    pub version: i32,
+    /// Tenant name.
+    pub tenant: String,
+    /// What the event is about (an id), when it is about one thing.
+    pub subject: Option<String>,
+    /// Who caused it: `key:<id>`, `user:<sub>` or `system`.
+    pub actor: Option<String>,
+    /// When the change was made (the start of its transaction).
+    pub time: DateTime<Utc>,
+    /// Type-specific payload.
+    pub data: Value,
+}
+
+/// The trace context a consumer continues: pass the headers of a received NATS message and
+/// use the result as the parent of the consumer's span.
+pub fn trace_context(headers: Option<&async_nats::HeaderMap>) -> opentelemetry::Context {
+    let carrier: HashMap<String, String> = headers
+        .map(|h| {
+            h.iter()
+                .filter_map(|(name, values)| {
+                    let name = name.to_string().to_ascii_lowercase();
+                    let value = values.first()?;
+                    Some((name, value.as_str().to_owned()))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    crate::telemetry::extract_context(&carrier)
 }
 
 /// An event to record.

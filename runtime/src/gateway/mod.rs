@@ -4,6 +4,7 @@
 pub mod apikeys;
 pub mod auth;
 pub mod caller;
+pub mod jwt;
 pub mod keys_api;
 pub mod limits;
 
