@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 use agentry_crds::bundle::CompiledTool;
 use agentry_crds::tool::ToolType;
 use dashmap::DashMap;
+use dashmap::mapref::entry::Entry;
 use serde::Serialize;
 use serde_json::Value;
 
@@ -371,9 +372,21 @@ impl ToolRuntime {
         {
             return Ok(s.clone());
         }
-        let state = Arc::new(self.build_state(tenant, tool)?);
-        self.states.insert(key, state.clone());
-        Ok(state)
+        // Built under the entry's lock so concurrent first calls share one breaker and one
+        // bulkhead.
+        match self.states.entry(key) {
+            Entry::Occupied(e) if e.get().revision == tool.revision => Ok(e.get().clone()),
+            Entry::Occupied(mut e) => {
+                let state = Arc::new(self.build_state(tenant, tool)?);
+                e.insert(state.clone());
+                Ok(state)
+            }
+            Entry::Vacant(e) => {
+                let state = Arc::new(self.build_state(tenant, tool)?);
+                e.insert(state.clone());
+                Ok(state)
+            }
+        }
     }
 
     fn build_state(&self, tenant: &str, tool: &CompiledTool) -> Result<ToolState, ToolError> {

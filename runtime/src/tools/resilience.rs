@@ -361,10 +361,14 @@ where
     Fut: Future<Output = Result<T, AttemptError>>,
 {
     let mut n: u32 = 0;
+    let mut last: Option<ToolError> = None;
     loop {
         let permit = match breaker.try_acquire() {
             Ok(p) => p,
-            Err(retry_after_secs) => return Err(ToolError::CircuitOpen { retry_after_secs }),
+            // Opened by this call's own failures: the upstream's error says more.
+            Err(retry_after_secs) => {
+                return Err(last.unwrap_or(ToolError::CircuitOpen { retry_after_secs }));
+            }
         };
         let timeout = match remaining(plan.deadline) {
             Some(left) if left.is_zero() => return Err(ToolError::DeadlineExceeded),
@@ -413,6 +417,7 @@ where
             return Err(failed.error);
         }
         tokio::time::sleep(wait).await;
+        last = Some(failed.error);
         n += 1;
     }
 }
@@ -499,6 +504,82 @@ mod tests {
             .map(|n| backoff_ceiling(plan, n).as_millis())
             .collect();
         assert_eq!(got, [100, 200, 350, 350]);
+    }
+
+    fn unavailable() -> AttemptError {
+        AttemptError {
+            error: ToolError::HttpStatus {
+                status: 503,
+                body: String::new(),
+            },
+            retry: Retry::IfIdempotent,
+            upstream_failure: true,
+            retry_after: None,
+        }
+    }
+
+    fn plan(max_retries: u32) -> RetryPlan {
+        RetryPlan {
+            max_retries,
+            initial_backoff: Duration::from_millis(1),
+            max_backoff: Duration::from_millis(1),
+            attempt_timeout: Duration::from_secs(1),
+            repeatable: true,
+            deadline: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn retries_stop_when_the_breaker_opens_and_report_the_upstream_error() {
+        let clock = Arc::new(ManualClock::new(Utc::now()));
+        let (b, _) = breaker(clock);
+        let attempts = std::sync::atomic::AtomicU32::new(0);
+        let err = run(plan(5), &b, &MaxJitter, || {
+            attempts.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            async { Err::<(), _>(unavailable()) }
+        })
+        .await
+        .unwrap_err();
+        assert_eq!(attempts.into_inner(), 2);
+        assert_eq!(err.code(), "http_status");
+        let err = run(plan(5), &b, &MaxJitter, || async {
+            Ok::<_, AttemptError>(())
+        })
+        .await
+        .unwrap_err();
+        assert_eq!(err.code(), "circuit_open");
+    }
+
+    #[tokio::test]
+    async fn non_repeatable_calls_are_tried_once_unless_nothing_was_sent() {
+        let clock = Arc::new(ManualClock::new(Utc::now()));
+        let (b, _) = breaker(clock);
+        let mut once = plan(3);
+        once.repeatable = false;
+        let attempts = std::sync::atomic::AtomicU32::new(0);
+        let _ = run(once, &b, &MaxJitter, || {
+            attempts.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            async { Err::<(), _>(unavailable()) }
+        })
+        .await;
+        assert_eq!(attempts.load(std::sync::atomic::Ordering::SeqCst), 1);
+        let (b, _) = breaker(Arc::new(ManualClock::new(Utc::now())));
+        let attempts = std::sync::atomic::AtomicU32::new(0);
+        let result = run(once, &b, &MaxJitter, || {
+            let n = attempts.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            async move {
+                if n == 0 {
+                    let mut e = unavailable();
+                    e.retry = Retry::Always;
+                    e.upstream_failure = false;
+                    Err(e)
+                } else {
+                    Ok(n)
+                }
+            }
+        })
+        .await;
+        assert_eq!(result, Ok(1));
     }
 
     #[test]
