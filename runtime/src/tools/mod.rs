@@ -170,11 +170,11 @@ impl ToolOutput {
 /// Built-ins that act on the conversation rather than compute a value. The agents loop (or
 /// the workflow engine) carries them out and tells the model what happened:
 ///
-/// - `Handoff`: mark the conversation escalated, emit `conversation.escalated`, stop the loop
-///   and tell the user a person will take over.
+/// - `Handoff`: mark the conversation escalated, record an event, stop the loop and tell the
+///   user a person will take over.
 /// - `Transfer`: check `agent` is in the current agent's `handoffs`, switch the conversation
-///   to it (emit `conversation.transferred`) and continue the loop with the new agent; an
-///   agent not listed goes back to the model as an error.
+///   to it (recording an event) and continue the loop with the new agent; an agent not listed
+///   goes back to the model as an error.
 /// - `KnowledgeSearch`: search the agent's collections (optionally narrowed to `collections`)
 ///   and give the hits to the model as the tool result.
 /// - `RunWorkflow`: start `workflow` with `input`, wait for it (within the call's deadline) and

@@ -146,6 +146,10 @@ mod tests {
         )
         .unwrap();
         assert_eq!(body, json!({"reason": "customer request"}));
+        assert_eq!(
+            render_body(r#"{"m": {{ args.missing }}}"#, &args).unwrap(),
+            json!({"m": null})
+        );
         // Quoting a placeholder doubles the quotes: refused rather than sent broken.
         assert!(render_body(r#"{"q": "{{ args.q }}"}"#, &args).is_err());
     }
