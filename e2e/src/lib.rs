@@ -2,6 +2,8 @@
 //! and NATS, each run with its own database, dev role and state folder so that runs never
 //! interfere with each other or with a developer's `make dev`.
 
+pub mod mock_llm;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;

@@ -11,6 +11,7 @@ pub mod error;
 pub mod events;
 pub mod gateway;
 pub mod http;
+pub mod llm;
 pub mod metrics;
 pub mod serve;
 pub mod state;

@@ -53,6 +53,15 @@ pub struct ReloadLabels {
     pub result: String,
 }
 
+/// Labels of a tenant's model provider.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProviderLabels {
+    /// Tenant name.
+    pub tenant: String,
+    /// Provider name in the tenant's catalog.
+    pub provider: String,
+}
+
 /// Labels of per-tool gauges and histograms.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TenantToolLabels {
@@ -91,6 +100,8 @@ pub struct Metrics {
     pub events_published: Family<TenantLabels, Counter>,
     /// Bundle reloads by result.
     pub bundle_reloads: Family<ReloadLabels, Counter>,
+    /// Circuit breaker state per provider: 0 closed, 1 open, 2 half-open.
+    pub provider_circuit_state: Family<ProviderLabels, Gauge>,
     /// Tool circuit breaker state: 0 closed, 1 open, 2 half-open.
     pub tool_circuit_state: Family<TenantToolLabels, Gauge>,
     /// Tool calls by outcome.
@@ -118,6 +129,7 @@ impl Metrics {
         let outbox_lag_seconds = Family::<TenantLabels, Gauge>::default();
         let events_published = Family::<TenantLabels, Counter>::default();
         let bundle_reloads = Family::<ReloadLabels, Counter>::default();
+        let provider_circuit_state = Family::<ProviderLabels, Gauge>::default();
         let tool_circuit_state = Family::<TenantToolLabels, Gauge>::default();
         let tool_calls = Family::<ToolLabels, Counter>::default();
         let tool_latency = Family::<TenantToolLabels, Histogram>::new_with_constructor(|| {
@@ -159,6 +171,11 @@ impl Metrics {
             bundle_reloads.clone(),
         );
         registry.register(
+            "provider_circuit_state",
+            "Circuit breaker state per model provider: 0 closed, 1 open, 2 half-open",
+            provider_circuit_state.clone(),
+        );
+        registry.register(
             "tool_circuit_state",
             "Tool circuit breaker state (0 closed, 1 open, 2 half-open)",
             tool_circuit_state.clone(),
@@ -178,6 +195,7 @@ impl Metrics {
             outbox_lag_seconds,
             events_published,
             bundle_reloads,
+            provider_circuit_state,
             tool_circuit_state,
             tool_calls,
             tool_latency,
