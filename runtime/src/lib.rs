@@ -17,6 +17,7 @@ pub mod serve;
 pub mod state;
 pub mod telemetry;
 pub mod tenancy;
+pub mod tools;
 
 use cli::{Cli, Command};
 

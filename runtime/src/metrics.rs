@@ -62,6 +62,26 @@ pub struct ProviderLabels {
     pub provider: String,
 }
 
+/// Labels of per-tool gauges and histograms.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TenantToolLabels {
+    /// Tenant name.
+    pub tenant: String,
+    /// Tool name.
+    pub tool: String,
+}
+
+/// Labels of tool call counts.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ToolLabels {
+    /// Tenant name.
+    pub tenant: String,
+    /// Tool name.
+    pub tool: String,
+    /// `ok`, `control`, or the error code (`timeout`, `circuit_open`, ...).
+    pub outcome: String,
+}
+
 /// Every metric family of the runtime.
 #[derive(Debug)]
 pub struct Metrics {
@@ -82,6 +102,12 @@ pub struct Metrics {
     pub bundle_reloads: Family<ReloadLabels, Counter>,
     /// Circuit breaker state per provider: 0 closed, 1 open, 2 half-open.
     pub provider_circuit_state: Family<ProviderLabels, Gauge>,
+    /// Tool circuit breaker state: 0 closed, 1 open, 2 half-open.
+    pub tool_circuit_state: Family<TenantToolLabels, Gauge>,
+    /// Tool calls by outcome.
+    pub tool_calls: Family<ToolLabels, Counter>,
+    /// Tool call latency, retries included.
+    pub tool_latency: Family<TenantToolLabels, Histogram>,
 }
 
 impl Default for Metrics {
@@ -104,6 +130,11 @@ impl Metrics {
         let events_published = Family::<TenantLabels, Counter>::default();
         let bundle_reloads = Family::<ReloadLabels, Counter>::default();
         let provider_circuit_state = Family::<ProviderLabels, Gauge>::default();
+        let tool_circuit_state = Family::<TenantToolLabels, Gauge>::default();
+        let tool_calls = Family::<ToolLabels, Counter>::default();
+        let tool_latency = Family::<TenantToolLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.001, 2.0, 16))
+        });
         registry.register(
             "http_requests",
             "HTTP requests by tenant, route, method and status",
@@ -144,6 +175,17 @@ impl Metrics {
             "Circuit breaker state per model provider: 0 closed, 1 open, 2 half-open",
             provider_circuit_state.clone(),
         );
+        registry.register(
+            "tool_circuit_state",
+            "Tool circuit breaker state (0 closed, 1 open, 2 half-open)",
+            tool_circuit_state.clone(),
+        );
+        registry.register("tool_calls", "Tool calls by outcome", tool_calls.clone());
+        registry.register(
+            "tool_call_duration_seconds",
+            "Tool call latency, retries included",
+            tool_latency.clone(),
+        );
         Self {
             registry,
             http_requests,
@@ -154,7 +196,21 @@ impl Metrics {
             events_published,
             bundle_reloads,
             provider_circuit_state,
+            tool_circuit_state,
+            tool_calls,
+            tool_latency,
         }
+    }
+
+    /// Counts one tool call and its latency.
+    pub fn tool_called(&self, labels: ToolLabels, elapsed: std::time::Duration) {
+        self.tool_latency
+            .get_or_create(&TenantToolLabels {
+                tenant: labels.tenant.clone(),
+                tool: labels.tool.clone(),
+            })
+            .observe(elapsed.as_secs_f64());
+        self.tool_calls.get_or_create(&labels).inc();
     }
 
     /// Counts a rejection by `limit` for `tenant`.
