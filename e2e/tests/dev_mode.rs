@@ -1,6 +1,9 @@
 //! Dev mode through the real binary: keys, hot reload without dropped requests, rejected
 //! changes, bad configuration.
-#![allow(clippy::unwrap_used, reason = "test helpers fail the test by panicking")]
+#![allow(
+    clippy::unwrap_used,
+    reason = "test helpers fail the test by panicking"
+)]
 
 use std::time::{Duration, Instant};
 

@@ -10,7 +10,6 @@ use crate::support::{self, default_render, full_render, one, read_documents};
 /// One permission: (apiGroup, resource, verb).
 type Triple = (String, String, String);
 
-
 fn triples<'a>(
     table: impl IntoIterator<Item = (&'a str, &'a str, Vec<&'a str>)>,
 ) -> BTreeSet<Triple> {
@@ -131,7 +130,6 @@ fn rendered_roles_grant_exactly_the_permission_list() {
         );
     }
 }
-
 
 /// Reads `PERMISSIONS: &[(&str, &str, &[&str])]` out of operator/src/rbac.rs: each tuple's
 /// string literals are its group, resource and verbs.
