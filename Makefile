@@ -4,7 +4,7 @@ export CARGO_TERM_COLOR ?= never
 # `#[sqlx::test]` creates a fresh database per test through this server.
 export DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/postgres
 
-.PHONY: test fmt fmt-check lint clippy unit crds kustomize-base tools dev bench setup
+.PHONY: test fmt fmt-check lint clippy unit crds kustomize-base tools dev setup
 
 ## Everything CI checks: formatting, lints, every test (drift checks included).
 test: tools fmt-check clippy unit

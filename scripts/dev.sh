@@ -66,6 +66,6 @@ export AGENTRY_LISTEN="${AGENTRY_LISTEN:-127.0.0.1:8080}"
 # Run in the foreground (not exec) so that the trap stops what this script started.
 "$bin" dev --manifests "${AGENTRY_MANIFESTS:-manifests/examples}" "$@" &
 runtime=$!
-trap 'kill -INT $runtime 2>/dev/null || true' INT TERM
+trap 'kill -TERM $runtime 2>/dev/null || true' INT TERM
 wait $runtime || true
 wait $runtime 2>/dev/null || true

@@ -44,7 +44,7 @@ ensure_postgres() {
     sed -i '1i host all all 127.0.0.1/32 trust\nhost all all ::1/128 trust' "$hba"
   fi
   log "postgresql: starting cluster $version/main"
-  pg_ctlcluster --skip-systemctl-redirect "$version" main start || true
+  setsid pg_ctlcluster --skip-systemctl-redirect "$version" main start </dev/null || true
   wait_port 5432 || { log "postgresql did not come up"; exit 1; }
   log "postgresql: up"
 }
@@ -58,7 +58,7 @@ ensure_nats() {
   as_root || store="${TMPDIR:-/tmp}/agentry-nats"
   mkdir -p "$store"
   log "nats: starting with JetStream in $store"
-  nohup "$bin" -a 127.0.0.1 -p 4222 -js -sd "$store" >"${TMPDIR:-/tmp}/agentry-nats.log" 2>&1 &
+  setsid nohup "$bin" -a 127.0.0.1 -p 4222 -js -sd "$store" >"${TMPDIR:-/tmp}/agentry-nats.log" 2>&1 &
   wait_port 4222 || { log "nats did not come up"; exit 1; }
   log "nats: up"
 }

@@ -26,6 +26,16 @@ async fn bundle(client: &reqwest::Client, rt: &DevRuntime, tenant: &str) -> Valu
 async fn yaml_changes_apply_within_two_seconds_without_dropping_requests() {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let manifests = copy_examples().unwrap();
+    // This test hammers one key; lift acme's rate limits so that 429s do not mask reload gaps.
+    let acme = manifests.path().join("acme.yaml");
+    let text = std::fs::read_to_string(&acme)
+        .unwrap()
+        .replace("requestsPerMinute: 600", "requestsPerMinute: 1000000")
+        .replace(
+            "perKey: {requestsPerMinute: 300}",
+            "perKey: {requestsPerMinute: 1000000}",
+        );
+    std::fs::write(&acme, text).unwrap();
     let rt = DevRuntime::start(manifests.path()).await.unwrap();
     let client = reqwest::Client::new();
     let before = bundle(&client, &rt, "acme").await;

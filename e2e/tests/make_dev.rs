@@ -11,6 +11,7 @@ use tokio::io::{AsyncBufReadExt as _, BufReader};
 
 #[tokio::test]
 async fn make_dev_prints_keys_and_a_working_curl_line() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let suffix = &uuid::Uuid::new_v4().simple().to_string()[..12];
     let (database, role) = (
         format!("agentry_makedev_{suffix}"),
@@ -65,6 +66,8 @@ async fn make_dev_prints_keys_and_a_working_curl_line() {
         keys.iter().any(|k| k.contains("acme")) && keys.iter().any(|k| k.contains("globex")),
         "{keys:?}"
     );
+    // Keep reading its output so that the process never blocks on a full pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
     let curl = curl.unwrap();
     assert!(
         curl.contains(&format!("127.0.0.1:{port}/api/v1/audit")),
@@ -90,9 +93,9 @@ async fn make_dev_prints_keys_and_a_working_curl_line() {
         serde_json::from_str(&body).unwrap_or_else(|_| panic!("not JSON: {body}"));
     assert!(audit["items"].is_array(), "{audit}");
 
-    // Ctrl-C (SIGINT to the process group) stops everything it started.
+    // Ctrl-C: SIGINT to the whole process group stops everything it started.
     tokio::process::Command::new("kill")
-        .arg("-INT")
+        .args(["-s", "INT", "--"])
         .arg(format!("-{pgid}"))
         .status()
         .await
