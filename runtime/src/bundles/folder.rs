@@ -97,6 +97,8 @@ fn fingerprint(dir: &Path) -> Vec<(PathBuf, u64, Option<SystemTime>)> {
 #[derive(Debug)]
 pub struct FolderSource {
     dir: PathBuf,
+    /// Fingerprint taken before the first compile, so a change made meanwhile is not missed.
+    opened: Vec<(PathBuf, u64, Option<SystemTime>)>,
 }
 
 impl FolderSource {
@@ -106,7 +108,8 @@ impl FolderSource {
         provisioner: &P,
         registry: &TenantRegistry,
     ) -> Result<Self, String> {
-        let source = Self { dir };
+        let opened = fingerprint(&dir);
+        let source = Self { dir, opened };
         source.apply(provisioner, registry).await?;
         Ok(source)
     }
@@ -150,7 +153,7 @@ impl FolderSource {
         metrics: Arc<Metrics>,
         shutdown: CancellationToken,
     ) {
-        let mut last = fingerprint(&self.dir);
+        let mut last = self.opened.clone();
         let mut tick = tokio::time::interval(Duration::from_millis(250));
         loop {
             tokio::select! {
