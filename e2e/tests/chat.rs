@@ -88,5 +88,34 @@ async fn a_conversation_answers_in_json_and_over_sse() {
         .await
         .unwrap();
     assert_eq!(detail["messages"].as_array().unwrap().len(), 4);
+
+    // The OpenAI-compatible surface, streamed.
+    let body = client
+        .post(format!("{}/v1/chat/completions", rt.base_url))
+        .bearer_auth(&key)
+        .json(&json!({"model": "small", "stream": true,
+                      "messages": [{"role": "user", "content": "Hello there."}]}))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let data: Vec<&str> = body
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .collect();
+    assert_eq!(data.last(), Some(&"[DONE]"), "{body}");
+    let text: String = data
+        .iter()
+        .filter(|d| **d != "[DONE]")
+        .filter_map(|d| {
+            let v: Value = serde_json::from_str(d).unwrap();
+            v["choices"][0]["delta"]["content"]
+                .as_str()
+                .map(str::to_owned)
+        })
+        .collect();
+    assert_eq!(text, "I can help with that: Hello there.");
     rt.cleanup().await.unwrap();
 }

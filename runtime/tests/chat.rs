@@ -390,3 +390,63 @@ async fn conversations_are_tenant_scoped(admin: PgPool) {
     assert!(msg.contains("nobody"), "{msg}");
     s.h.cleanup().await;
 }
+
+#[sqlx::test(migrator = "agentry_runtime::db::MIGRATOR")]
+async fn the_openai_surface_serves_agents_and_models(admin: PgPool) {
+    let orders = Orders::default();
+    let addr = order_server(orders.clone()).await;
+    let s = setup(admin, Some(addr), None).await;
+    let models = s.get(&s.acme, "/v1/models").await;
+    assert_eq!(models.status, StatusCode::OK, "{}", models.body);
+    let ids: Vec<&str> = models.body["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
+    assert!(
+        ids.contains(&"agent/billing") && ids.contains(&"small"),
+        "{ids:?}"
+    );
+
+    let a = s
+        .post(
+            &s.acme,
+            "/v1/chat/completions",
+            json!({"model": "small", "messages": [{"role": "user", "content": "Hello there. More text."}]}),
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+    assert_eq!(a.body["object"], "chat.completion");
+    assert_eq!(
+        a.body["choices"][0]["message"]["content"],
+        "I can help with that: Hello there."
+    );
+    assert!(a.body["usage"]["total_tokens"].as_u64().unwrap() > 0);
+
+    let a = s
+        .post(
+            &s.acme,
+            "/v1/chat/completions",
+            json!({"model": "agent/billing", "messages": [{"role": "user", "content": "Can you lookup order A-1001?"}]}),
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+    let text = a.body["choices"][0]["message"]["content"].as_str().unwrap();
+    assert!(text.contains("shipped"), "{text}");
+    assert_eq!(orders.lookups.load(Ordering::SeqCst), 1);
+    assert_eq!(
+        s.count("select count(*) from agentry.usage_records").await,
+        3,
+        "one model call for the catalog model, two for the agent"
+    );
+    let bad = s
+        .post(
+            &s.acme,
+            "/v1/chat/completions",
+            json!({"model": "agent/nobody", "messages": [{"role": "user", "content": "hi"}]}),
+        )
+        .await;
+    bad.error(StatusCode::UNPROCESSABLE_ENTITY, "invalid_request");
+    s.h.cleanup().await;
+}

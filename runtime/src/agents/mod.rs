@@ -7,7 +7,8 @@
 //! Every model call reserves budget and tokens first and settles them after; every message,
 //! usage row and event is persisted as it happens (see `store`).
 
-mod models;
+pub mod meter;
+pub mod models;
 pub mod prompt;
 pub mod store;
 
@@ -16,7 +17,6 @@ use std::time::Instant;
 
 use agentry_crds::RuntimeBundle;
 use agentry_crds::bundle::CompiledAgent;
-use futures::StreamExt as _;
 use serde::Serialize;
 use serde_json::{Value, json};
 use tokio::sync::mpsc::UnboundedSender;
@@ -25,7 +25,7 @@ use uuid::Uuid;
 use crate::error::ApiError;
 use crate::events::{self, NewEvent};
 use crate::gateway::Caller;
-use crate::llm::{Completion, StreamEvent, ToolCall};
+use crate::llm::{Completion, ToolCall};
 use crate::state::AppState;
 use crate::tools::{ControlAction, ToolContext, ToolOutcome};
 use store::NewMessage;
@@ -264,79 +264,27 @@ impl Turn {
         request: &crate::llm::ChatRequest,
     ) -> Result<Completion, ApiError> {
         let plan = models::plan(&self.bundle, agent, &self.caller);
-        let (estimate_micros, estimate_tokens) = models::estimate(&self.bundle, &plan, request);
-        let tenant_name = self.caller.tenant.name.clone();
-        if let Err(e) = self
-            .state
-            .limiter
-            .check_tokens(&self.caller, estimate_tokens)
-        {
-            self.state.metrics.rejected(&tenant_name, e.limit);
-            return Err(e.into());
-        }
-        let reservation = match self
-            .state
-            .budgets
-            .reserve(&self.caller.tenant, estimate_micros)
-            .await
-        {
-            Ok(r) => r,
-            Err(e) => {
-                self.state.limiter.record_tokens(&self.caller, 0);
-                self.state.metrics.rejected(&tenant_name, "budget");
-                return Err(e);
+        let events = self.events.clone();
+        let on_token = events.as_ref().map(|tx| {
+            move |delta: String| {
+                let _ = tx.send(TurnEvent::Token { delta });
             }
-        };
-        let result = if self.events.is_some() {
-            self.stream_model(&plan, request).await
-        } else {
-            self.state
-                .llm
-                .complete(&self.bundle, &plan, request)
-                .await
-                .map_err(llm_error)
-        };
-        let (tokens, cost) = match &result {
-            Ok(c) => (
-                u32::try_from(c.usage.total()).unwrap_or(u32::MAX),
-                c.cost_micros,
-            ),
-            Err(_) => (0, 0),
-        };
-        self.state.limiter.record_tokens(&self.caller, tokens);
-        self.state.budgets.settle(reservation, cost).await?;
-        let completion = result?;
+        });
+        let completion = meter::call(
+            &self.state,
+            &self.caller,
+            &self.bundle,
+            &plan,
+            request,
+            on_token.as_ref().map(|f| f as &(dyn Fn(String) + Sync)),
+        )
+        .await?;
         let u = &mut self.result.usage;
         u.input_tokens += u64::from(completion.usage.input_tokens);
         u.output_tokens += u64::from(completion.usage.output_tokens);
         u.cost_micros += completion.cost_micros;
         u.model_calls += 1;
         Ok(completion)
-    }
-
-    async fn stream_model(
-        &self,
-        plan: &[String],
-        request: &crate::llm::ChatRequest,
-    ) -> Result<Completion, ApiError> {
-        let mut stream = self
-            .state
-            .llm
-            .stream(&self.bundle, plan, request)
-            .await
-            .map_err(llm_error)?;
-        while let Some(event) = stream.next().await {
-            match event.map_err(llm_error)? {
-                StreamEvent::Delta(delta) => self.send(TurnEvent::Token { delta }),
-                StreamEvent::ToolCall(_) => {}
-                StreamEvent::Done(completion) => return Ok(completion),
-            }
-        }
-        Err(ApiError::new(
-            axum::http::StatusCode::BAD_GATEWAY,
-            "upstream_bad_response",
-            "the model stream ended without an answer",
-        ))
     }
 
     async fn persist(&mut self, m: NewMessage<'_>) -> Result<StoredMessage, ApiError> {
@@ -619,14 +567,4 @@ impl Turn {
         self.result.escalated = true;
         Ok(())
     }
-}
-
-/// A model failure as the API reports it: 502 with the gateway's code (503 when no model
-/// could be tried at all).
-fn llm_error(e: crate::llm::LlmError) -> ApiError {
-    ApiError::new(
-        axum::http::StatusCode::BAD_GATEWAY,
-        e.code(),
-        format!("the model call failed: {e}"),
-    )
 }

@@ -18,11 +18,18 @@ pub fn plan(bundle: &RuntimeBundle, agent: &CompiledAgent, caller: &Caller) -> V
         Principal::User { subject } => subject.clone(),
         Principal::ApiKey { id } => id.to_string(),
     };
+    let ctx = serde_json::json!({
+        "targetingKey": key,
+        "plan": bundle.tenant.plan,
+        "tenant": bundle.tenant.name,
+        "agent": agent.name,
+        "userId": caller.user_id(),
+    });
     let flagged = agent
         .model_flag
         .as_ref()
         .and_then(|f| bundle.flags.get(f))
-        .and_then(|f| crate::flags::eval::evaluate(f, &key))
+        .and_then(|f| crate::flags::eval::evaluate(f, &ctx))
         .and_then(|(_, v)| v.as_str())
         .filter(|m| bundle.tenant.models.contains_key(*m))
         .map(str::to_owned);

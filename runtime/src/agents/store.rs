@@ -154,15 +154,16 @@ pub async fn insert_message(
     )
     .await?;
     if let Some(c) = c {
-        record_usage(conn, caller, conversation, c).await?;
+        record_usage(conn, caller, Some(conversation), c).await?;
     }
     Ok(stored)
 }
 
-async fn record_usage(
+/// Inserts the usage row of one model call and its `usage.recorded` event.
+pub async fn record_usage(
     conn: &mut PgConnection,
     caller: &Caller,
-    conversation: Uuid,
+    conversation: Option<Uuid>,
     c: &Completion,
 ) -> Result<(), sqlx::Error> {
     let tenant = caller.tenant.id;
@@ -198,7 +199,7 @@ async fn record_usage(
                 "costMicros": c.cost_micros,
             }),
         )
-        .subject(conversation.to_string())
+        .subject(conversation.map_or_else(|| id.to_string(), |c| c.to_string()))
         .actor(caller.actor()),
     )
     .await?;

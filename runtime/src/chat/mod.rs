@@ -2,6 +2,7 @@
 //! agent loop (JSON, or server-sent events with `Accept: text/event-stream`), feedback and
 //! tool-call approvals. See docs/chat.md.
 
+pub mod openai;
 mod sse;
 
 use axum::extract::{Path, State};
