@@ -263,6 +263,17 @@ async fn approvals_run_or_deny_the_call(admin: PgPool) {
         0,
         "nothing runs before approval"
     );
+    assert_eq!(
+        s.count(&format!(
+            "select count(*) from agentry.tool_approvals a join agentry.messages m
+               on m.tenant_id = a.tenant_id and m.id = a.message_id
+             where a.id = '{approval}' and m.role = 'assistant'
+               and m.tool_calls -> 0 ->> 'id' = a.tool_call_id"
+        ))
+        .await,
+        1,
+        "the approval points at the assistant message that made the call"
+    );
     let d = s
         .post(
             &s.acme,

@@ -138,6 +138,8 @@ pub struct Turn {
     conversation: Uuid,
     events: Option<UnboundedSender<TurnEvent>>,
     result: TurnResult,
+    /// The assistant message whose tool calls are being run (an approval points at it).
+    asked_in: Uuid,
 }
 
 enum Next {
@@ -166,6 +168,7 @@ impl Turn {
                 agent,
                 ..TurnResult::default()
             },
+            asked_in: Uuid::nil(),
         }
     }
 
@@ -218,6 +221,7 @@ impl Turn {
                     ..NewMessage::default()
                 })
                 .await?;
+            self.asked_in = message.id;
             if completion.tool_calls.is_empty() {
                 self.result.message = Some(message);
                 return Ok(self.result);
@@ -444,10 +448,7 @@ impl Turn {
         sqlx::query(
             "insert into agentry.tool_approvals
                (tenant_id, id, conversation_id, message_id, tool_call_id, tool, arguments, agent)
-             values ($1, $2, $3,
-               (select id from agentry.messages where tenant_id = $1 and conversation_id = $3
-                order by created_at desc, id desc limit 1),
-               $4, $5, $6, $7)",
+             values ($1, $2, $3, $8, $4, $5, $6, $7)",
         )
         .bind(tenant.0)
         .bind(id)
@@ -456,6 +457,7 @@ impl Turn {
         .bind(&call.name)
         .bind(&arguments)
         .bind(&self.result.agent)
+        .bind(self.asked_in)
         .execute(&mut *tx)
         .await?;
         events::emit(
