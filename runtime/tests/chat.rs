@@ -461,3 +461,95 @@ async fn the_openai_surface_serves_agents_and_models(admin: PgPool) {
     bad.error(StatusCode::UNPROCESSABLE_ENTITY, "invalid_request");
     s.h.cleanup().await;
 }
+
+#[sqlx::test(migrator = "agentry_runtime::db::MIGRATOR")]
+async fn end_users_see_only_their_own_conversations(admin: PgPool) {
+    let s = setup(admin, None, None).await;
+    let token = |sub: &str| {
+        bearer(&auth_support::sign_rs256(
+            &auth_support::claims(sub),
+            "k1",
+            auth_support::ISSUER_PEM,
+        ))
+    };
+    let (alice, bob) = (token("alice"), token("bob"));
+    let as_user = |auth: &str| {
+        [
+            ("authorization", auth.to_owned()),
+            ("x-agentry-tenant", "acme".to_owned()),
+        ]
+    };
+    let req = async |auth: &str, method: Method, uri: &str, body: Option<Value>| {
+        let h = as_user(auth);
+        let headers: Vec<(&str, &str)> = h.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        call(&s.app, method, uri, &headers, body).await
+    };
+    let created = req(
+        &alice,
+        Method::POST,
+        "/api/v1/chat/conversations",
+        Some(json!({})),
+    )
+    .await;
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.body);
+    assert_eq!(created.body["userId"], "alice");
+    let id = created.body["id"].as_str().unwrap().to_owned();
+    let uri = format!("/api/v1/chat/conversations/{id}");
+    assert_eq!(
+        req(&alice, Method::GET, &uri, None).await.status,
+        StatusCode::OK
+    );
+    req(&bob, Method::GET, &uri, None)
+        .await
+        .error(StatusCode::NOT_FOUND, "not_found");
+    let list = req(&bob, Method::GET, "/api/v1/chat/conversations", None).await;
+    assert_eq!(list.body["conversations"], json!([]));
+    let list = req(&alice, Method::GET, "/api/v1/chat/conversations", None).await;
+    assert_eq!(list.body["conversations"].as_array().unwrap().len(), 1);
+    // An API key of the tenant sees every conversation of the tenant.
+    let list = s.get(&s.acme, "/api/v1/chat/conversations").await;
+    assert_eq!(list.body["conversations"].as_array().unwrap().len(), 1);
+    s.h.cleanup().await;
+}
+
+#[sqlx::test(migrator = "agentry_runtime::db::MIGRATOR")]
+async fn sse_reports_the_turn_in_order(admin: PgPool) {
+    use tower::ServiceExt as _;
+    let s = setup(admin, None, None).await;
+    let id = s.conversation(None).await;
+    let request = axum::http::Request::post(format!("/api/v1/chat/conversations/{id}/messages"))
+        .header("authorization", bearer(&s.acme))
+        .header("accept", "text/event-stream")
+        .header("content-type", "application/json")
+        .body(axum::body::Body::from(
+            json!({"content": "I need help with billing please"}).to_string(),
+        ))
+        .unwrap();
+    let response = s.app.clone().oneshot(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
+        .await
+        .unwrap();
+    let body = String::from_utf8(bytes.to_vec()).unwrap();
+    let names: Vec<&str> = body
+        .lines()
+        .filter_map(|l| l.strip_prefix("event: "))
+        .filter(|n| *n != "token")
+        .collect();
+    assert_eq!(
+        names,
+        ["tool_call", "handoff", "tool_result", "done"],
+        "{body}"
+    );
+    assert!(body.contains("event: token"), "{body}");
+    let done = body
+        .split("event: done\ndata: ")
+        .nth(1)
+        .unwrap()
+        .lines()
+        .next()
+        .unwrap();
+    let done: Value = serde_json::from_str(done).unwrap();
+    assert_eq!(done["agent"], "billing");
+    s.h.cleanup().await;
+}
