@@ -2,13 +2,16 @@
 //! limits and budgets enforced, events published through a transactional outbox, and the
 //! tenant's bundle hot-reloaded.
 
+pub mod agents;
 pub mod billing;
 pub mod bundles;
+pub mod chat;
 pub mod cli;
 pub mod db;
 pub mod dev;
 pub mod error;
 pub mod events;
+pub mod flags;
 pub mod gateway;
 pub mod http;
 pub mod llm;

@@ -16,8 +16,12 @@ use crate::db::{Db, RoleMode};
 use crate::gateway::auth::Authenticator;
 use crate::gateway::limits::Limiter;
 use crate::http::{HttpConfig, app};
+use crate::llm::{LlmConfig, LlmGateway};
 use crate::metrics::Metrics;
 use crate::state::{AppState, Shared};
+use crate::tools::{
+    ChainedSecrets, EnvSecrets, MountedSecrets, SecretSource, ToolRuntime, ToolSettings,
+};
 
 /// `agentry-runtime migrate`.
 pub async fn migrate(args: MigrateArgs) -> anyhow::Result<()> {
@@ -108,11 +112,28 @@ impl Runtime {
         let replica = common.replica_id.clone().unwrap_or_else(default_replica_id);
         let metrics = Arc::new(Metrics::new());
         let budgets = Arc::new(Budgets::new(db.clone(), replica));
+        let llm = Arc::new(
+            LlmGateway::new(http.clone(), LlmConfig::from_env(dev_mode))
+                .with_metrics(metrics.clone()),
+        );
+        let tools = Arc::new(ToolRuntime::new(ToolSettings::default(), metrics.clone()));
+        // Dev mode also reads tool Secrets from `AGENTRY_SECRET_<NAME>_<KEY>`.
+        let tool_secrets: Arc<dyn SecretSource> = if dev_mode {
+            Arc::new(ChainedSecrets(vec![
+                Arc::new(EnvSecrets),
+                Arc::new(MountedSecrets::from_env()),
+            ]))
+        } else {
+            Arc::new(MountedSecrets::from_env())
+        };
         let state = AppState::new(Shared {
             auth: Authenticator::new(db.clone(), http.clone()),
             limiter: Limiter::new(common.rate_limit_shards),
             budgets,
             metrics,
+            llm,
+            tools,
+            tool_secrets,
             nats: Some(nats.clone()),
             http,
             tenants,

@@ -10,7 +10,9 @@ use crate::bundles::TenantRegistry;
 use crate::db::Db;
 use crate::gateway::auth::Authenticator;
 use crate::gateway::limits::Limiter;
+use crate::llm::LlmGateway;
 use crate::metrics::Metrics;
+use crate::tools::{SecretSource, ToolRuntime};
 
 /// Everything handlers share; cheap to clone.
 #[derive(Clone, Debug)]
@@ -37,6 +39,12 @@ pub struct Shared {
     pub http: reqwest::Client,
     /// Cancelled on shutdown.
     pub shutdown: CancellationToken,
+    /// Model calls.
+    pub llm: Arc<LlmGateway>,
+    /// Tool calls.
+    pub tools: Arc<ToolRuntime>,
+    /// Where tool header Secrets come from.
+    pub tool_secrets: Arc<dyn SecretSource>,
     /// Serving several tenants from a folder (dev mode).
     pub dev_mode: bool,
 }

@@ -39,6 +39,15 @@ fn state(db: &Db, tenants: Arc<agentry_runtime::bundles::TenantRegistry>) -> App
         limiter: Limiter::new(4),
         budgets: Arc::new(Budgets::new(db.clone(), "test".to_owned())),
         metrics: Arc::new(Metrics::new()),
+        llm: Arc::new(agentry_runtime::llm::LlmGateway::new(
+            http.clone(),
+            agentry_runtime::llm::LlmConfig::default(),
+        )),
+        tools: Arc::new(agentry_runtime::tools::ToolRuntime::new(
+            agentry_runtime::tools::ToolSettings::default(),
+            Arc::new(Metrics::new()),
+        )),
+        tool_secrets: Arc::new(agentry_runtime::tools::StaticSecrets::new()),
         nats: None,
         http,
         tenants,

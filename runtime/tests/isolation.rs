@@ -70,6 +70,12 @@ const SEEDS: &[(&str, &str)] = &[
         "insert into agentry.budget_leases (tenant_id, period, holder, amount_micros)
          values ('{tenant}', (date '2025-01-01' + interval '{n} month')::date, 'seed', 10)",
     ),
+    (
+        "tool_approvals",
+        "insert into agentry.tool_approvals
+           (tenant_id, id, conversation_id, message_id, tool_call_id, tool, arguments, agent)
+         values ('{tenant}', '{id}', '{id}', '{id}', 'call', 'seed', '{}', 'seed')",
+    ),
 ];
 
 /// Indexes on tenant tables that do not lead with `tenant_id`, and why.

@@ -70,6 +70,8 @@ pub fn api_router(state: &AppState, config: HttpConfig) -> OpenApiRouter<AppStat
         .merge(crate::gateway::keys_api::router())
         .merge(crate::events::audit::router())
         .merge(admin::router())
+        .merge(crate::chat::router())
+        .merge(crate::chat::openai::router())
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             crate::gateway::authenticate,

@@ -164,6 +164,15 @@ impl Harness {
             limiter: Limiter::new(1),
             budgets: Arc::new(Budgets::new(db.clone(), format!("test-{}", Uuid::new_v4()))),
             metrics: Arc::new(Metrics::new()),
+            llm: Arc::new(agentry_runtime::llm::LlmGateway::new(
+                http.clone(),
+                agentry_runtime::llm::LlmConfig::default(),
+            )),
+            tools: Arc::new(agentry_runtime::tools::ToolRuntime::new(
+                agentry_runtime::tools::ToolSettings::default(),
+                Arc::new(Metrics::new()),
+            )),
+            tool_secrets: Arc::new(agentry_runtime::tools::StaticSecrets::new()),
             nats: None,
             http,
             tenants: registry,

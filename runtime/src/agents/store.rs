@@ -1,0 +1,365 @@
+//! What a turn persists: messages (with their `message.created` events), usage rows (with
+//! `usage.recorded`), handoffs, escalations and pending approvals. Every write is one
+//! RLS-scoped transaction of the caller's tenant.
+
+use serde::Serialize;
+use serde_json::{Value, json};
+use sqlx::PgConnection;
+use uuid::Uuid;
+
+use crate::error::ApiError;
+use crate::events::{self, NewEvent};
+use crate::gateway::{Caller, Principal};
+use crate::llm::{Completion, Message, Role, ToolCall};
+use crate::state::AppState;
+use crate::tenancy::TenantId;
+
+/// A stored message as the API shows it.
+#[derive(Clone, Debug, Serialize, sqlx::FromRow, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StoredMessage {
+    /// Message id.
+    pub id: Uuid,
+    /// `user`, `assistant` or `tool`.
+    pub role: String,
+    /// Text.
+    pub content: String,
+    /// Agent that wrote it (assistant) or was serving (user, tool).
+    pub agent: Option<String>,
+    /// Tool calls of an assistant message.
+    #[schema(value_type = Option<Object>)]
+    pub tool_calls: Option<Value>,
+    /// The call a tool message answers.
+    pub tool_call_id: Option<String>,
+    /// Catalog model that answered.
+    pub model: Option<String>,
+    /// Input tokens of the model call.
+    pub tokens_in: i32,
+    /// Output tokens of the model call.
+    pub tokens_out: i32,
+    /// Cost in micro-dollars.
+    pub cost_micros: i64,
+    /// Model latency in milliseconds.
+    pub latency_ms: Option<i32>,
+    /// Creation time.
+    pub created_at: chrono::DateTime<chrono::Utc>,
+}
+
+impl StoredMessage {
+    /// The message as the model sees it.
+    pub fn to_llm(&self) -> Message {
+        let role = match self.role.as_str() {
+            "assistant" => Role::Assistant,
+            "tool" => Role::Tool,
+            "system" => Role::System,
+            _ => Role::User,
+        };
+        let tool_calls: Vec<ToolCall> = self
+            .tool_calls
+            .clone()
+            .and_then(|v| serde_json::from_value(v).ok())
+            .unwrap_or_default();
+        Message {
+            role,
+            content: self.content.clone(),
+            tool_calls,
+            tool_call_id: self.tool_call_id.clone(),
+        }
+    }
+}
+
+/// A message to store.
+#[derive(Debug, Default)]
+pub struct NewMessage<'a> {
+    /// Role.
+    pub role: &'a str,
+    /// Text.
+    pub content: &'a str,
+    /// Agent.
+    pub agent: Option<&'a str>,
+    /// Tool calls (assistant).
+    pub tool_calls: Option<&'a [ToolCall]>,
+    /// Answered call (tool).
+    pub tool_call_id: Option<&'a str>,
+    /// The completion that produced it (assistant).
+    pub completion: Option<&'a Completion>,
+    /// Model latency.
+    pub latency_ms: Option<i32>,
+}
+
+const MESSAGE_COLUMNS: &str = "id, role, content, agent, tool_calls, tool_call_id, model, \
+     tokens_in, tokens_out, cost_micros, latency_ms, created_at";
+
+/// Inserts a message and its `message.created` event; with a completion also its usage row
+/// and `usage.recorded` event.
+pub async fn insert_message(
+    conn: &mut PgConnection,
+    caller: &Caller,
+    conversation: Uuid,
+    m: &NewMessage<'_>,
+) -> Result<StoredMessage, sqlx::Error> {
+    let tenant = caller.tenant.id;
+    let id = Uuid::now_v7();
+    let tool_calls = m
+        .tool_calls
+        .filter(|c| !c.is_empty())
+        .map(|c| serde_json::to_value(c).unwrap_or(Value::Null));
+    let c = m.completion;
+    let tokens_in = c.map_or(0, |c| {
+        i32::try_from(c.usage.input_tokens).unwrap_or(i32::MAX)
+    });
+    let tokens_out = c.map_or(0, |c| {
+        i32::try_from(c.usage.output_tokens).unwrap_or(i32::MAX)
+    });
+    let cost = c.map_or(0, |c| c.cost_micros);
+    // clock_timestamp, not now(): several messages of one transaction must still order.
+    let stored: StoredMessage = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "insert into agentry.messages (tenant_id, id, conversation_id, role, content, agent,
+           tool_calls, tool_call_id, model, tokens_in, tokens_out, cost_micros, latency_ms,
+           created_at)
+         values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, clock_timestamp())
+         returning {MESSAGE_COLUMNS}"
+    )))
+    .bind(tenant.0)
+    .bind(id)
+    .bind(conversation)
+    .bind(m.role)
+    .bind(m.content)
+    .bind(m.agent)
+    .bind(&tool_calls)
+    .bind(m.tool_call_id)
+    .bind(c.map(|c| c.model.as_str()))
+    .bind(tokens_in)
+    .bind(tokens_out)
+    .bind(cost)
+    .bind(m.latency_ms)
+    .fetch_one(&mut *conn)
+    .await?;
+    sqlx::query(
+        "update agentry.conversations set updated_at = now() where tenant_id = $1 and id = $2",
+    )
+    .bind(tenant.0)
+    .bind(conversation)
+    .execute(&mut *conn)
+    .await?;
+    events::emit(
+        conn,
+        tenant,
+        NewEvent::new(
+            "message.created",
+            json!({"conversationId": conversation, "messageId": id, "role": m.role, "agent": m.agent}),
+        )
+        .subject(conversation.to_string())
+        .actor(caller.actor()),
+    )
+    .await?;
+    if let Some(c) = c {
+        record_usage(conn, caller, Some(conversation), c).await?;
+    }
+    Ok(stored)
+}
+
+/// Inserts the usage row of one model call and its `usage.recorded` event.
+pub async fn record_usage(
+    conn: &mut PgConnection,
+    caller: &Caller,
+    conversation: Option<Uuid>,
+    c: &Completion,
+) -> Result<(), sqlx::Error> {
+    let tenant = caller.tenant.id;
+    let id = Uuid::now_v7();
+    let key_id = match &caller.principal {
+        Principal::ApiKey { id } => Some(*id),
+        Principal::User { .. } => None,
+    };
+    sqlx::query(
+        "insert into agentry.usage_records
+           (tenant_id, id, key_id, user_id, source, model, tokens_in, tokens_out, cost_micros)
+         values ($1, $2, $3, $4, 'chat', $5, $6, $7, $8)",
+    )
+    .bind(tenant.0)
+    .bind(id)
+    .bind(key_id)
+    .bind(caller.user_id())
+    .bind(&c.model)
+    .bind(i32::try_from(c.usage.input_tokens).unwrap_or(i32::MAX))
+    .bind(i32::try_from(c.usage.output_tokens).unwrap_or(i32::MAX))
+    .bind(c.cost_micros)
+    .execute(&mut *conn)
+    .await?;
+    events::emit(
+        conn,
+        tenant,
+        NewEvent::new(
+            "usage.recorded",
+            json!({
+                "id": id, "source": "chat", "conversationId": conversation, "model": c.model,
+                "provider": c.provider, "inputTokens": c.usage.input_tokens,
+                "outputTokens": c.usage.output_tokens, "estimated": c.usage_estimated,
+                "costMicros": c.cost_micros,
+            }),
+        )
+        .subject(conversation.map_or_else(|| id.to_string(), |c| c.to_string()))
+        .actor(caller.actor()),
+    )
+    .await?;
+    Ok(())
+}
+
+/// A conversation row.
+#[derive(Clone, Debug, Serialize, sqlx::FromRow, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Conversation {
+    /// Id.
+    pub id: Uuid,
+    /// Agent serving it now.
+    pub agent: Option<String>,
+    /// End user who owns it (none for API-key callers).
+    pub user_id: Option<String>,
+    /// Title.
+    pub title: Option<String>,
+    /// `open` or `escalated`.
+    pub status: String,
+    /// Handed to a person.
+    pub escalated: bool,
+    /// Free-form metadata.
+    #[schema(value_type = Object)]
+    pub metadata: Value,
+    /// Creation time.
+    pub created_at: chrono::DateTime<chrono::Utc>,
+    /// Last change.
+    pub updated_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// Columns of [`Conversation`].
+pub const CONVERSATION_COLUMNS: &str =
+    "id, agent, user_id, title, status, escalated, metadata, created_at, updated_at";
+
+/// The conversation `id` when `caller` may see it: its tenant's (RLS) and, for an end user,
+/// their own.
+pub async fn conversation(
+    conn: &mut PgConnection,
+    caller: &Caller,
+    id: Uuid,
+) -> Result<Option<Conversation>, sqlx::Error> {
+    let row: Option<Conversation> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "select {CONVERSATION_COLUMNS} from agentry.conversations where tenant_id = $1 and id = $2"
+    )))
+    .bind(caller.tenant.id.0)
+    .bind(id)
+    .fetch_optional(&mut *conn)
+    .await?;
+    Ok(row.filter(|c| match caller.user_id() {
+        Some(user) => c.user_id.as_deref() == Some(user),
+        None => true,
+    }))
+}
+
+/// Every message of a conversation, oldest first.
+pub async fn messages(
+    conn: &mut PgConnection,
+    tenant: TenantId,
+    conversation: Uuid,
+) -> Result<Vec<StoredMessage>, sqlx::Error> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "select {MESSAGE_COLUMNS} from agentry.messages
+         where tenant_id = $1 and conversation_id = $2 order by created_at, id"
+    )))
+    .bind(tenant.0)
+    .bind(conversation)
+    .fetch_all(&mut *conn)
+    .await
+}
+
+/// The last `window` messages, oldest first, without a leading tool result whose call fell
+/// out of the window (providers refuse a tool message that answers no visible call).
+pub async fn window(
+    state: &AppState,
+    tenant: TenantId,
+    conversation: Uuid,
+    window: u32,
+) -> Result<Vec<StoredMessage>, ApiError> {
+    let mut tx = state.db.begin(tenant).await?;
+    let mut rows: Vec<StoredMessage> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "select {MESSAGE_COLUMNS} from agentry.messages
+         where tenant_id = $1 and conversation_id = $2 order by created_at desc, id desc limit $3"
+    )))
+    .bind(tenant.0)
+    .bind(conversation)
+    .bind(i64::from(window.max(1)))
+    .fetch_all(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    rows.reverse();
+    let skip = rows.iter().take_while(|m| m.role == "tool").count();
+    rows.drain(..skip);
+    Ok(rows)
+}
+
+/// An approval claimed for a decision.
+#[derive(Clone, Debug, sqlx::FromRow)]
+pub struct PendingApproval {
+    /// Id.
+    pub id: Uuid,
+    /// Conversation.
+    pub conversation_id: Uuid,
+    /// The call waiting.
+    pub tool_call_id: String,
+    /// Tool.
+    pub tool: String,
+    /// Arguments.
+    pub arguments: Value,
+    /// Agent that asked.
+    pub agent: String,
+}
+
+/// Decides a pending approval, once: `None` when it does not exist for this caller or was
+/// already decided. The decision commits before the call runs, so two racing decisions never
+/// both run it.
+pub async fn decide_approval(
+    state: &AppState,
+    caller: &Caller,
+    id: Uuid,
+    approve: bool,
+    comment: Option<&str>,
+) -> Result<Option<PendingApproval>, ApiError> {
+    let tenant = caller.tenant.id;
+    let mut tx = state.db.begin(tenant).await?;
+    let row: Option<PendingApproval> = sqlx::query_as(
+        "update agentry.tool_approvals set status = $3, comment = $4, decided_by = $5,
+           decided_at = now()
+         where tenant_id = $1 and id = $2 and status = 'pending'
+         returning id, conversation_id, tool_call_id, tool, arguments, agent",
+    )
+    .bind(tenant.0)
+    .bind(id)
+    .bind(if approve { "approved" } else { "denied" })
+    .bind(comment)
+    .bind(caller.actor())
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some(row) = row else {
+        return Ok(None);
+    };
+    if conversation(&mut tx, caller, row.conversation_id)
+        .await?
+        .is_none()
+    {
+        // Another end user's conversation: roll back, as if it did not exist.
+        return Ok(None);
+    }
+    events::emit(
+        &mut tx,
+        tenant,
+        NewEvent::new(
+            "tool.approval_decided",
+            json!({"approvalId": id, "conversationId": row.conversation_id, "tool": row.tool,
+                   "approved": approve, "comment": comment}),
+        )
+        .subject(row.conversation_id.to_string())
+        .actor(caller.actor()),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(Some(row))
+}

@@ -1,0 +1,3 @@
+//! Feature flags served from the tenant's bundle.
+
+pub mod eval;

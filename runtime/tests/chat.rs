@@ -1,0 +1,555 @@
+//! The chat API and the agent loop against real PostgreSQL, with the example tenants served
+//! by the offline provider and HTTP tools pointed at a loopback server (allowlisted the way a
+//! tenant allowlists an internal service).
+
+#![expect(
+    clippy::unwrap_used,
+    reason = "test helpers outside #[test] functions fail the test on a broken fixture"
+)]
+
+mod auth_support;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use agentry_runtime::agents::ESCALATED_REPLY;
+use auth_support::{Harness, bearer, call};
+use axum::Router;
+use axum::http::{Method, StatusCode};
+use axum::routing::{get, post};
+use serde_json::{Value, json};
+use sqlx::PgPool;
+
+/// The order service the acme tools call: counts lookups and refunds.
+#[derive(Clone, Default)]
+struct Orders {
+    lookups: Arc<AtomicUsize>,
+    refunds: Arc<AtomicUsize>,
+}
+
+async fn order_server(orders: Orders) -> SocketAddr {
+    let (l, r) = (orders.lookups.clone(), orders.refunds.clone());
+    let app = Router::new()
+        .route(
+            "/orders/{id}",
+            get(
+                move |axum::extract::Path(id): axum::extract::Path<String>| {
+                    let l = l.clone();
+                    async move {
+                        l.fetch_add(1, Ordering::SeqCst);
+                        axum::Json(json!({"order": {"id": id, "status": "shipped"}}))
+                    }
+                },
+            ),
+        )
+        .route(
+            "/orders/{id}/refunds",
+            post(move || {
+                let r = r.clone();
+                async move {
+                    r.fetch_add(1, Ordering::SeqCst);
+                    axum::Json(json!({"refund": {"id": "R-77", "status": "issued"}}))
+                }
+            }),
+        );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    addr
+}
+
+struct Setup {
+    h: Harness,
+    app: Router,
+    acme: String,
+    globex: String,
+}
+
+/// The example tenants on a shared (dev) role, acme's order tools pointed at `orders`.
+async fn setup(admin: PgPool, orders: Option<SocketAddr>, budget: Option<i64>) -> Setup {
+    let mut h = Harness::new(admin).await;
+    let acme = h.bundles.get_mut("acme").unwrap();
+    if let Some(addr) = orders {
+        for (tool, path) in [
+            ("lookup-order", "orders/{{ args.orderId }}"),
+            ("issue-refund", "orders/{{ args.orderId }}/refunds"),
+        ] {
+            let t = acme.tools.get_mut(tool).unwrap();
+            let http = t.http.as_mut().unwrap();
+            http.url = format!("http://{addr}/{path}");
+            http.headers.clear();
+            t.egress_allow_hosts = vec!["127.0.0.1".to_owned()];
+        }
+    }
+    if let Some(b) = budget {
+        acme.tenant.limits.monthly_budget_micros = Some(b);
+    }
+    acme.hash = acme.content_hash();
+    let db = h.shared_db().await;
+    let (app, _state) = h.app(db, &["acme", "globex"], true);
+    let (_, acme) = h.insert_key("acme", &["chat"]).await;
+    let (_, globex) = h.insert_key("globex", &["chat"]).await;
+    Setup {
+        h,
+        app,
+        acme,
+        globex,
+    }
+}
+
+impl Setup {
+    async fn post(&self, key: &str, uri: &str, body: Value) -> auth_support::Answer {
+        let auth = bearer(key);
+        call(
+            &self.app,
+            Method::POST,
+            uri,
+            &[("authorization", &auth)],
+            Some(body),
+        )
+        .await
+    }
+
+    async fn get(&self, key: &str, uri: &str) -> auth_support::Answer {
+        let auth = bearer(key);
+        call(
+            &self.app,
+            Method::GET,
+            uri,
+            &[("authorization", &auth)],
+            None,
+        )
+        .await
+    }
+
+    async fn conversation(&self, agent: Option<&str>) -> String {
+        let body = match agent {
+            Some(a) => json!({"agent": a, "title": "test"}),
+            None => json!({}),
+        };
+        let a = self
+            .post(&self.acme, "/api/v1/chat/conversations", body)
+            .await;
+        assert_eq!(a.status, StatusCode::CREATED, "{}", a.body);
+        a.body["id"].as_str().unwrap().to_owned()
+    }
+
+    async fn say(&self, conversation: &str, content: &str) -> auth_support::Answer {
+        self.post(
+            &self.acme,
+            &format!("/api/v1/chat/conversations/{conversation}/messages"),
+            json!({"content": content}),
+        )
+        .await
+    }
+
+    async fn count(&self, sql: &str) -> i64 {
+        sqlx::query_scalar(sqlx::AssertSqlSafe(sql.to_owned()))
+            .fetch_one(&self.h.admin)
+            .await
+            .unwrap()
+    }
+}
+
+#[sqlx::test(migrator = "agentry_runtime::db::MIGRATOR")]
+async fn a_tool_call_round_trip_is_answered_and_persisted(admin: PgPool) {
+    let orders = Orders::default();
+    let addr = order_server(orders.clone()).await;
+    let s = setup(admin, Some(addr), None).await;
+    let id = s.conversation(Some("billing")).await;
+    let a = s.say(&id, "Can you lookup order A-1001?").await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+    assert_eq!(orders.lookups.load(Ordering::SeqCst), 1);
+    assert_eq!(a.body["toolCalls"][0]["name"], "lookup-order");
+    assert_eq!(
+        a.body["toolCalls"][0]["arguments"],
+        json!({"orderId": "A-1001"})
+    );
+    let text = a.body["message"]["content"].as_str().unwrap();
+    assert!(
+        text.contains("lookup-order returned") && text.contains("shipped"),
+        "{text}"
+    );
+    assert_eq!(a.body["agent"], "billing");
+    assert_eq!(a.body["usage"]["modelCalls"], 2);
+    assert!(
+        a.body["usage"]["costMicros"].as_i64().unwrap() > 0,
+        "{}",
+        a.body
+    );
+
+    let detail = s
+        .get(&s.acme, &format!("/api/v1/chat/conversations/{id}"))
+        .await;
+    assert_eq!(detail.status, StatusCode::OK);
+    let roles: Vec<&str> = detail.body["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["role"].as_str().unwrap())
+        .collect();
+    assert_eq!(roles, ["user", "assistant", "tool", "assistant"]);
+    assert_eq!(
+        s.count("select count(*) from agentry.usage_records where source = 'chat'")
+            .await,
+        2
+    );
+    assert_eq!(
+        s.count("select count(*) from agentry.events where type = 'usage.recorded'")
+            .await,
+        2
+    );
+    assert_eq!(
+        s.count("select count(*) from agentry.events where type = 'message.created'")
+            .await,
+        4
+    );
+    // Feedback on the answer.
+    let mid = a.body["message"]["id"].as_str().unwrap();
+    let f = s
+        .post(
+            &s.acme,
+            &format!("/api/v1/chat/conversations/{id}/messages/{mid}/feedback"),
+            json!({"rating": "up", "comment": "thanks"}),
+        )
+        .await;
+    assert_eq!(f.status, StatusCode::NO_CONTENT, "{}", f.body);
+    assert_eq!(
+        s.count("select count(*) from agentry.events where type = 'message.feedback'")
+            .await,
+        1
+    );
+    s.h.cleanup().await;
+}
+
+#[sqlx::test(migrator = "agentry_runtime::db::MIGRATOR")]
+async fn a_transfer_switches_the_agent(admin: PgPool) {
+    let s = setup(admin, None, None).await;
+    let id = s.conversation(None).await;
+    let a = s.say(&id, "I need help with billing please").await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+    assert_eq!(a.body["agent"], "billing", "{}", a.body);
+    assert_eq!(a.body["toolCalls"][0]["name"], "transfer-to-agent");
+    let detail = s
+        .get(&s.acme, &format!("/api/v1/chat/conversations/{id}"))
+        .await;
+    assert_eq!(detail.body["agent"], "billing");
+    assert_eq!(
+        s.count("select count(*) from agentry.events where type = 'conversation.handoff'")
+            .await,
+        1
+    );
+    s.h.cleanup().await;
+}
+
+#[sqlx::test(migrator = "agentry_runtime::db::MIGRATOR")]
+async fn approvals_run_or_deny_the_call(admin: PgPool) {
+    let orders = Orders::default();
+    let addr = order_server(orders.clone()).await;
+    let s = setup(admin, Some(addr), None).await;
+
+    let id = s.conversation(Some("billing")).await;
+    let a = s.say(&id, "Please issue refund for A-1001").await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+    assert!(a.body["message"].is_null(), "{}", a.body);
+    let approval = a.body["approval"]["approvalId"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(a.body["approval"]["tool"], "issue-refund");
+    assert_eq!(
+        orders.refunds.load(Ordering::SeqCst),
+        0,
+        "nothing runs before approval"
+    );
+    assert_eq!(
+        s.count(&format!(
+            "select count(*) from agentry.tool_approvals a join agentry.messages m
+               on m.tenant_id = a.tenant_id and m.id = a.message_id
+             where a.id = '{approval}' and m.role = 'assistant'
+               and m.tool_calls -> 0 ->> 'id' = a.tool_call_id"
+        ))
+        .await,
+        1,
+        "the approval points at the assistant message that made the call"
+    );
+    let d = s
+        .post(
+            &s.acme,
+            &format!("/api/v1/chat/approvals/{approval}"),
+            json!({"approve": true, "comment": "ok"}),
+        )
+        .await;
+    assert_eq!(d.status, StatusCode::OK, "{}", d.body);
+    assert_eq!(orders.refunds.load(Ordering::SeqCst), 1);
+    let text = d.body["message"]["content"].as_str().unwrap();
+    assert!(text.contains("R-77"), "{text}");
+    // Decided once only.
+    let again = s
+        .post(
+            &s.acme,
+            &format!("/api/v1/chat/approvals/{approval}"),
+            json!({"approve": true}),
+        )
+        .await;
+    again.error(StatusCode::NOT_FOUND, "not_found");
+    assert_eq!(orders.refunds.load(Ordering::SeqCst), 1);
+
+    let id = s.conversation(Some("billing")).await;
+    let a = s.say(&id, "Please issue refund for A-2002").await;
+    let approval = a.body["approval"]["approvalId"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let d = s
+        .post(
+            &s.acme,
+            &format!("/api/v1/chat/approvals/{approval}"),
+            json!({"approve": false, "comment": "not eligible"}),
+        )
+        .await;
+    assert_eq!(d.status, StatusCode::OK, "{}", d.body);
+    let text = d.body["message"]["content"].as_str().unwrap();
+    assert!(
+        text.contains("denied") && text.contains("not eligible"),
+        "{text}"
+    );
+    assert_eq!(
+        orders.refunds.load(Ordering::SeqCst),
+        1,
+        "a denied call never runs"
+    );
+    // Another tenant cannot decide acme's approvals.
+    let other = s
+        .post(
+            &s.globex,
+            &format!("/api/v1/chat/approvals/{approval}"),
+            json!({"approve": true}),
+        )
+        .await;
+    other.error(StatusCode::NOT_FOUND, "not_found");
+    s.h.cleanup().await;
+}
+
+#[sqlx::test(migrator = "agentry_runtime::db::MIGRATOR")]
+async fn a_handoff_escalates_the_conversation(admin: PgPool) {
+    let s = setup(admin, None, None).await;
+    let id = s.conversation(Some("triage")).await;
+    let a = s.say(&id, "Please escalate to human now").await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+    assert_eq!(a.body["escalated"], true);
+    assert_eq!(a.body["message"]["content"], ESCALATED_REPLY);
+    let detail = s
+        .get(&s.acme, &format!("/api/v1/chat/conversations/{id}"))
+        .await;
+    assert_eq!(detail.body["status"], "escalated");
+    assert_eq!(detail.body["escalated"], true);
+    assert_eq!(
+        s.count("select count(*) from agentry.events where type = 'conversation.escalated'")
+            .await,
+        1
+    );
+    s.say(&id, "hello?")
+        .await
+        .error(StatusCode::CONFLICT, "conflict");
+    s.h.cleanup().await;
+}
+
+#[sqlx::test(migrator = "agentry_runtime::db::MIGRATOR")]
+async fn a_spent_budget_refuses_with_402(admin: PgPool) {
+    let s = setup(admin, None, Some(0)).await;
+    let id = s.conversation(None).await;
+    s.say(&id, "hello")
+        .await
+        .error(StatusCode::PAYMENT_REQUIRED, "budget_exhausted");
+    assert_eq!(
+        s.count("select count(*) from agentry.messages where role = 'assistant'")
+            .await,
+        0
+    );
+    s.h.cleanup().await;
+}
+
+#[sqlx::test(migrator = "agentry_runtime::db::MIGRATOR")]
+async fn conversations_are_tenant_scoped(admin: PgPool) {
+    let s = setup(admin, None, None).await;
+    let id = s.conversation(None).await;
+    let uri = format!("/api/v1/chat/conversations/{id}");
+    s.get(&s.globex, &uri)
+        .await
+        .error(StatusCode::NOT_FOUND, "not_found");
+    s.post(
+        &s.globex,
+        &format!("{uri}/messages"),
+        json!({"content": "hi"}),
+    )
+    .await
+    .error(StatusCode::NOT_FOUND, "not_found");
+    let list = s.get(&s.globex, "/api/v1/chat/conversations").await;
+    assert_eq!(list.body["conversations"], json!([]));
+    let list = s.get(&s.acme, "/api/v1/chat/conversations").await;
+    assert_eq!(list.body["conversations"].as_array().unwrap().len(), 1);
+    let bad = s
+        .post(
+            &s.acme,
+            "/api/v1/chat/conversations",
+            json!({"agent": "nobody"}),
+        )
+        .await;
+    let msg = bad.error(StatusCode::UNPROCESSABLE_ENTITY, "invalid_request");
+    assert!(msg.contains("nobody"), "{msg}");
+    s.h.cleanup().await;
+}
+
+#[sqlx::test(migrator = "agentry_runtime::db::MIGRATOR")]
+async fn the_openai_surface_serves_agents_and_models(admin: PgPool) {
+    let orders = Orders::default();
+    let addr = order_server(orders.clone()).await;
+    let s = setup(admin, Some(addr), None).await;
+    let models = s.get(&s.acme, "/v1/models").await;
+    assert_eq!(models.status, StatusCode::OK, "{}", models.body);
+    let ids: Vec<&str> = models.body["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
+    assert!(
+        ids.contains(&"agent/billing") && ids.contains(&"small"),
+        "{ids:?}"
+    );
+
+    let a = s
+        .post(
+            &s.acme,
+            "/v1/chat/completions",
+            json!({"model": "small", "messages": [{"role": "user", "content": "Hello there. More text."}]}),
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+    assert_eq!(a.body["object"], "chat.completion");
+    assert_eq!(
+        a.body["choices"][0]["message"]["content"],
+        "I can help with that: Hello there."
+    );
+    assert!(a.body["usage"]["total_tokens"].as_u64().unwrap() > 0);
+
+    let a = s
+        .post(
+            &s.acme,
+            "/v1/chat/completions",
+            json!({"model": "agent/billing", "messages": [{"role": "user", "content": "Can you lookup order A-1001?"}]}),
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+    let text = a.body["choices"][0]["message"]["content"].as_str().unwrap();
+    assert!(text.contains("shipped"), "{text}");
+    assert_eq!(orders.lookups.load(Ordering::SeqCst), 1);
+    assert_eq!(
+        s.count("select count(*) from agentry.usage_records").await,
+        3,
+        "one model call for the catalog model, two for the agent"
+    );
+    let bad = s
+        .post(
+            &s.acme,
+            "/v1/chat/completions",
+            json!({"model": "agent/nobody", "messages": [{"role": "user", "content": "hi"}]}),
+        )
+        .await;
+    bad.error(StatusCode::UNPROCESSABLE_ENTITY, "invalid_request");
+    s.h.cleanup().await;
+}
+
+#[sqlx::test(migrator = "agentry_runtime::db::MIGRATOR")]
+async fn end_users_see_only_their_own_conversations(admin: PgPool) {
+    let s = setup(admin, None, None).await;
+    let token = |sub: &str| {
+        bearer(&auth_support::sign_rs256(
+            &auth_support::claims(sub),
+            "k1",
+            auth_support::ISSUER_PEM,
+        ))
+    };
+    let (alice, bob) = (token("alice"), token("bob"));
+    let as_user = |auth: &str| {
+        [
+            ("authorization", auth.to_owned()),
+            ("x-agentry-tenant", "acme".to_owned()),
+        ]
+    };
+    let req = async |auth: &str, method: Method, uri: &str, body: Option<Value>| {
+        let h = as_user(auth);
+        let headers: Vec<(&str, &str)> = h.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        call(&s.app, method, uri, &headers, body).await
+    };
+    let created = req(
+        &alice,
+        Method::POST,
+        "/api/v1/chat/conversations",
+        Some(json!({})),
+    )
+    .await;
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.body);
+    assert_eq!(created.body["userId"], "alice");
+    let id = created.body["id"].as_str().unwrap().to_owned();
+    let uri = format!("/api/v1/chat/conversations/{id}");
+    assert_eq!(
+        req(&alice, Method::GET, &uri, None).await.status,
+        StatusCode::OK
+    );
+    req(&bob, Method::GET, &uri, None)
+        .await
+        .error(StatusCode::NOT_FOUND, "not_found");
+    let list = req(&bob, Method::GET, "/api/v1/chat/conversations", None).await;
+    assert_eq!(list.body["conversations"], json!([]));
+    let list = req(&alice, Method::GET, "/api/v1/chat/conversations", None).await;
+    assert_eq!(list.body["conversations"].as_array().unwrap().len(), 1);
+    // An API key of the tenant sees every conversation of the tenant.
+    let list = s.get(&s.acme, "/api/v1/chat/conversations").await;
+    assert_eq!(list.body["conversations"].as_array().unwrap().len(), 1);
+    s.h.cleanup().await;
+}
+
+#[sqlx::test(migrator = "agentry_runtime::db::MIGRATOR")]
+async fn sse_reports_the_turn_in_order(admin: PgPool) {
+    use tower::ServiceExt as _;
+    let s = setup(admin, None, None).await;
+    let id = s.conversation(None).await;
+    let request = axum::http::Request::post(format!("/api/v1/chat/conversations/{id}/messages"))
+        .header("authorization", bearer(&s.acme))
+        .header("accept", "text/event-stream")
+        .header("content-type", "application/json")
+        .body(axum::body::Body::from(
+            json!({"content": "I need help with billing please"}).to_string(),
+        ))
+        .unwrap();
+    let response = s.app.clone().oneshot(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
+        .await
+        .unwrap();
+    let body = String::from_utf8(bytes.to_vec()).unwrap();
+    let names: Vec<&str> = body
+        .lines()
+        .filter_map(|l| l.strip_prefix("event: "))
+        .filter(|n| *n != "token")
+        .collect();
+    assert_eq!(
+        names,
+        ["tool_call", "handoff", "tool_result", "done"],
+        "{body}"
+    );
+    assert!(body.contains("event: token"), "{body}");
+    let done = body
+        .split("event: done\ndata: ")
+        .nth(1)
+        .unwrap()
+        .lines()
+        .next()
+        .unwrap();
+    let done: Value = serde_json::from_str(done).unwrap();
+    assert_eq!(done["agent"], "billing");
+    s.h.cleanup().await;
+}
