@@ -50,6 +50,12 @@ pub struct CommonArgs {
     /// Timeout of one non-streaming request, in seconds.
     #[arg(long, env = "AGENTRY_REQUEST_TIMEOUT_SECONDS", default_value_t = 60)]
     pub request_timeout_seconds: u64,
+    /// Seconds between WebSocket heartbeat pings (`/ws/chat`).
+    #[arg(long, env = "AGENTRY_WS_HEARTBEAT_SECONDS", default_value_t = 20)]
+    pub ws_heartbeat_seconds: u64,
+    /// Seconds without any frame from a WebSocket client (pongs included) before it is closed.
+    #[arg(long, env = "AGENTRY_WS_IDLE_TIMEOUT_SECONDS", default_value_t = 60)]
+    pub ws_idle_timeout_seconds: u64,
     /// Largest request body in bytes.
     #[arg(long, env = "AGENTRY_MAX_BODY_BYTES", default_value_t = 1024 * 1024)]
     pub max_body_bytes: usize,

@@ -162,6 +162,11 @@ impl Runtime {
         let config = HttpConfig {
             request_timeout: Duration::from_secs(common.request_timeout_seconds),
             max_body_bytes: common.max_body_bytes,
+            realtime: crate::realtime::RealtimeConfig {
+                heartbeat: Duration::from_secs(common.ws_heartbeat_seconds.max(1)),
+                idle_timeout: Duration::from_secs(common.ws_idle_timeout_seconds.max(1)),
+                ..crate::realtime::RealtimeConfig::default()
+            },
         };
         let shutdown = self.state.shutdown.clone();
         let server = axum::serve(listener, app(self.state.clone(), config))

@@ -36,6 +36,8 @@ pub struct HttpConfig {
     pub request_timeout: Duration,
     /// Largest request body.
     pub max_body_bytes: usize,
+    /// WebSocket limits (`/ws/chat`).
+    pub realtime: crate::realtime::RealtimeConfig,
 }
 
 impl Default for HttpConfig {
@@ -43,6 +45,7 @@ impl Default for HttpConfig {
         Self {
             request_timeout: Duration::from_secs(60),
             max_body_bytes: 1024 * 1024,
+            realtime: crate::realtime::RealtimeConfig::default(),
         }
     }
 }
@@ -87,6 +90,8 @@ pub fn app(state: AppState, config: HttpConfig) -> Router {
         .merge(health::router())
         .merge(docs::router(openapi))
         .merge(api)
+        // Outside the request timeout (a socket lives for hours); it authenticates itself.
+        .merge(crate::realtime::router(config.realtime))
         .fallback(|| async { ApiError::not_found("no such route") })
         .layer(DefaultBodyLimit::max(config.max_body_bytes))
         .layer(axum::middleware::from_fn_with_state(
