@@ -10,6 +10,8 @@ mod auth_support;
 
 use std::time::Duration;
 
+use agentry_runtime::http::HttpConfig;
+use agentry_runtime::realtime::RealtimeConfig;
 use auth_support::{Harness, bearer, call};
 use axum::http::{Method, StatusCode};
 use futures::{SinkExt as _, StreamExt as _};
@@ -30,6 +32,10 @@ struct Setup {
 }
 
 async fn setup(admin: PgPool, streams: Option<u32>) -> Setup {
+    setup_with(admin, streams, HttpConfig::default()).await
+}
+
+async fn setup_with(admin: PgPool, streams: Option<u32>, config: HttpConfig) -> Setup {
     let mut h = Harness::new(admin).await;
     if let Some(cap) = streams {
         let acme = h.bundles.get_mut("acme").unwrap();
@@ -37,7 +43,8 @@ async fn setup(admin: PgPool, streams: Option<u32>) -> Setup {
         acme.hash = acme.content_hash();
     }
     let db = h.shared_db().await;
-    let (app, _state) = h.app(db, &["acme", "globex"], true);
+    let (_, state) = h.app(db, &["acme", "globex"], true);
+    let app = agentry_runtime::http::app(state, config);
     let (_, acme) = h.insert_key("acme", &["chat"]).await;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -283,4 +290,48 @@ async fn the_tenant_stream_cap_refuses_extra_connections(admin: PgPool) {
         }
     }
     assert!(again.is_some(), "the slot was not released");
+}
+
+#[sqlx::test(migrator = "agentry_runtime::db::MIGRATOR")]
+async fn heartbeats_keep_a_live_client_and_a_silent_one_idles_out(admin: PgPool) {
+    let config = HttpConfig {
+        realtime: RealtimeConfig {
+            heartbeat: Duration::from_millis(100),
+            idle_timeout: Duration::from_millis(500),
+            ..RealtimeConfig::default()
+        },
+        ..HttpConfig::default()
+    };
+    let s = setup_with(admin, None, config).await;
+
+    // A client that reads answers the pings (tungstenite pongs on read) and stays open.
+    let mut live = s.connect().await;
+    let mut pings = 0;
+    let until = tokio::time::Instant::now() + Duration::from_millis(1200);
+    while let Ok(frame) = tokio::time::timeout_at(until, live.next()).await {
+        match frame.unwrap().unwrap() {
+            Message::Ping(_) => pings += 1,
+            other => panic!("unexpected frame {other:?}"),
+        }
+    }
+    assert!(pings >= 5, "{pings} pings");
+    send(&mut live, json!({"type": "ping"})).await;
+    loop {
+        if let Message::Text(t) = live.next().await.unwrap().unwrap() {
+            assert_eq!(t.as_str(), r#"{"type":"pong"}"#);
+            break;
+        }
+    }
+
+    // A client that sends nothing (not even pongs) is closed with 1001.
+    let mut silent = s.connect().await;
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let close = loop {
+        match silent.next().await {
+            Some(Ok(Message::Close(frame))) => break frame,
+            Some(Ok(_)) => {}
+            other => panic!("expected a close frame, got {other:?}"),
+        }
+    };
+    assert_eq!(u16::from(close.unwrap().code), 1001);
 }

@@ -70,8 +70,7 @@ pub(super) async fn serve(
         turns: HashMap::new(),
         last_seen,
     };
-    let done = CancellationToken::new();
-    let reading = reader.read(stream, done.clone());
+    let reading = reader.read(stream);
     tokio::pin!(reading);
     let writer_abort = writer.abort_handle();
     tokio::select! {
@@ -81,8 +80,9 @@ pub(super) async fn serve(
         }
         ending = writer => {
             tracing::debug!(?ending, "realtime connection closed by the server");
-            done.cancel();
-            reading.await;
+            // The close frame is out: give the client a moment to answer it (the closing
+            // handshake), then drop the socket either way.
+            let _ = timeout(Duration::from_secs(2), &mut reading).await;
         }
     }
 }
@@ -98,13 +98,8 @@ struct Reader {
 }
 
 impl Reader {
-    async fn read(mut self, mut stream: SplitStream<WebSocket>, done: CancellationToken) {
-        loop {
-            let frame = tokio::select! {
-                () = done.cancelled() => break,
-                frame = stream.next() => frame,
-            };
-            let Some(Ok(frame)) = frame else { break };
+    async fn read(mut self, mut stream: SplitStream<WebSocket>) {
+        while let Some(Ok(frame)) = stream.next().await {
             if let Ok(mut seen) = self.last_seen.lock() {
                 *seen = Instant::now();
             }
