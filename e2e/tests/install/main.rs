@@ -10,6 +10,8 @@ mod argocd;
 #[cfg(test)]
 mod chart;
 #[cfg(test)]
+mod cluster_files;
+#[cfg(test)]
 mod dockerfile;
 #[cfg(test)]
 mod kustomize;

@@ -8,6 +8,7 @@ pub mod namespace;
 pub mod network;
 pub mod runtime;
 pub mod secrets;
+pub mod tool_secrets;
 
 use std::collections::BTreeMap;
 
@@ -198,7 +199,7 @@ pub fn workload(inputs: &Inputs<'_>) -> Workload {
         credentials: secrets::credentials(&owner, inputs.settings, inputs.database),
         provider_keys: secrets::provider_keys(&owner, inputs.provider_keys),
         bundle: bundle::config_map(&owner, inputs.bundle),
-        deployment: runtime::deployment(&owner, inputs.tenant, inputs.settings),
+        deployment: runtime::deployment(&owner, inputs.tenant, inputs.settings, inputs.bundle),
         service: runtime::service(&owner),
         pdb: runtime::pod_disruption_budget(&owner),
         hpa: runtime::autoscaler(&owner, inputs.tenant),

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use agentry_crds::Tenant;
+use agentry_crds::{RuntimeBundle, Tenant};
 use k8s_openapi::api::apps::v1::{
     Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment,
 };
@@ -22,6 +22,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::secrets::{DATABASE_URL_KEY, PROVIDER_KEYS_DIR, provider_key_name};
+use super::tool_secrets::{self, TOOL_SECRETS_DIR};
 use super::{
     BUNDLE_CONFIGMAP, BUNDLE_KEY, CREDENTIALS_SECRET, HTTP_PORT, Owner, PROVIDER_KEYS_SECRET,
     RUNTIME, SERVICE_PORT,
@@ -103,7 +104,7 @@ fn runtime_default_seccomp() -> SeccompProfile {
     }
 }
 
-fn container(tenant: &Tenant, settings: &Settings) -> Container {
+fn container(tenant: &Tenant, settings: &Settings, tool_secrets: bool) -> Container {
     let runtime = tenant.spec.runtime.clone().unwrap_or_default();
     let image = runtime
         .image
@@ -144,6 +145,7 @@ fn container(tenant: &Tenant, settings: &Settings) -> Container {
                 rate_limit_shards(tenant).to_string(),
             ),
             env("AGENTRY_PROVIDER_SECRETS_DIR", PROVIDER_KEYS_DIR),
+            env("AGENTRY_SECRETS_DIR", TOOL_SECRETS_DIR),
             env("AGENTRY_LOG_JSON", "true"),
             EnvVar {
                 name: "AGENTRY_REPLICA_ID".to_owned(),
@@ -175,27 +177,35 @@ fn container(tenant: &Tenant, settings: &Settings) -> Container {
         }),
         // Directory mounts, never subPath: a subPath mount never sees ConfigMap or Secret
         // updates, and the runtime hot-reloads both.
-        volume_mounts: Some(vec![
-            VolumeMount {
-                name: "bundle".to_owned(),
-                mount_path: BUNDLE_DIR.to_owned(),
-                read_only: Some(true),
-                ..VolumeMount::default()
-            },
-            VolumeMount {
-                name: "provider-keys".to_owned(),
-                mount_path: PROVIDER_KEYS_DIR.to_owned(),
-                read_only: Some(true),
-                ..VolumeMount::default()
-            },
-            VolumeMount {
-                name: "tmp".to_owned(),
-                mount_path: "/tmp".to_owned(),
-                ..VolumeMount::default()
-            },
-        ]),
+        volume_mounts: Some(volume_mounts(tool_secrets)),
         ..Container::default()
     }
+}
+
+fn volume_mounts(tool_secrets: bool) -> Vec<VolumeMount> {
+    let mut mounts = vec![
+        VolumeMount {
+            name: "bundle".to_owned(),
+            mount_path: BUNDLE_DIR.to_owned(),
+            read_only: Some(true),
+            ..VolumeMount::default()
+        },
+        VolumeMount {
+            name: "provider-keys".to_owned(),
+            mount_path: PROVIDER_KEYS_DIR.to_owned(),
+            read_only: Some(true),
+            ..VolumeMount::default()
+        },
+        VolumeMount {
+            name: "tmp".to_owned(),
+            mount_path: "/tmp".to_owned(),
+            ..VolumeMount::default()
+        },
+    ];
+    if tool_secrets {
+        mounts.push(tool_secrets::mount());
+    }
+    mounts
 }
 
 /// `<secret>/<key>` files of the provider keys the tenant refers to. The list is part of the
@@ -221,8 +231,8 @@ fn provider_key_items(tenant: &Tenant) -> Option<Vec<KeyToPath>> {
     })
 }
 
-fn volumes(tenant: &Tenant) -> Vec<Volume> {
-    vec![
+fn volumes(tenant: &Tenant, tool_secrets: Option<Volume>) -> Vec<Volume> {
+    let mut volumes = vec![
         Volume {
             name: "bundle".to_owned(),
             config_map: Some(ConfigMapVolumeSource {
@@ -249,11 +259,21 @@ fn volumes(tenant: &Tenant) -> Vec<Volume> {
             }),
             ..Volume::default()
         },
-    ]
+    ];
+    volumes.extend(tool_secrets);
+    volumes
 }
 
-/// The runtime Deployment.
-pub fn deployment(owner: &Owner, tenant: &Tenant, settings: &Settings) -> Deployment {
+/// The runtime Deployment. The bundle only decides which tool Secrets are mounted; its
+/// content reaches the pods through the ConfigMap, so a new bundle with the same references
+/// builds the same template.
+pub fn deployment(
+    owner: &Owner,
+    tenant: &Tenant,
+    settings: &Settings,
+    bundle: &RuntimeBundle,
+) -> Deployment {
+    let tool_secrets = tool_secrets::volume(bundle);
     let mut meta = owner.meta(RUNTIME);
     meta.labels = Some(owner.runtime_labels());
     Deployment {
@@ -289,8 +309,8 @@ pub fn deployment(owner: &Owner, tenant: &Tenant, settings: &Settings) -> Deploy
                         seccomp_profile: Some(runtime_default_seccomp()),
                         ..PodSecurityContext::default()
                     }),
-                    containers: vec![container(tenant, settings)],
-                    volumes: Some(volumes(tenant)),
+                    containers: vec![container(tenant, settings, tool_secrets.is_some())],
+                    volumes: Some(volumes(tenant, tool_secrets)),
                     ..PodSpec::default()
                 }),
             },
@@ -381,7 +401,7 @@ pub fn autoscaler(owner: &Owner, tenant: &Tenant) -> Option<HorizontalPodAutosca
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::builders::fixtures::{full_tenant, tenant};
+    use crate::builders::fixtures::{bundle, full_tenant, tenant};
     use crate::settings::tests::settings;
 
     fn pod(d: &Deployment) -> PodSpec {
@@ -400,7 +420,7 @@ mod tests {
     #[test]
     fn default_deployment_runs_the_operator_image_with_one_replica() {
         let t = tenant();
-        let d = deployment(&Owner::of(&t), &t, &settings());
+        let d = deployment(&Owner::of(&t), &t, &settings(), &bundle(&t));
         assert_eq!(d.metadata.name.as_deref(), Some(RUNTIME));
         assert_eq!(d.spec.as_ref().unwrap().replicas, Some(1));
         let pod = pod(&d);
@@ -461,7 +481,7 @@ mod tests {
     #[test]
     fn runtime_is_locked_down_for_pod_security_restricted() {
         let t = tenant();
-        let pod = pod(&deployment(&Owner::of(&t), &t, &settings()));
+        let pod = pod(&deployment(&Owner::of(&t), &t, &settings(), &bundle(&t)));
         let psc = pod.security_context.unwrap();
         assert_eq!(psc.run_as_non_root, Some(true));
         assert_eq!(psc.seccomp_profile.unwrap().type_, "RuntimeDefault");
@@ -476,7 +496,7 @@ mod tests {
     #[test]
     fn bundle_is_a_directory_mount_and_the_template_has_no_bundle_hash() {
         let t = tenant();
-        let d = deployment(&Owner::of(&t), &t, &settings());
+        let d = deployment(&Owner::of(&t), &t, &settings(), &bundle(&t));
         let pod = pod(&d);
         let mounts = pod.containers[0].volume_mounts.clone().unwrap();
         let bundle = mounts.iter().find(|m| m.name == "bundle").unwrap();
@@ -498,7 +518,7 @@ mod tests {
     fn fully_specified_tenant_overrides_image_resources_and_autoscales() {
         let t = full_tenant();
         let owner = Owner::of(&t);
-        let d = deployment(&owner, &t, &settings());
+        let d = deployment(&owner, &t, &settings(), &bundle(&t));
         // The autoscaler owns the replica count.
         assert_eq!(d.spec.as_ref().unwrap().replicas, None);
         let c = &pod(&d).containers[0];
@@ -524,7 +544,7 @@ mod tests {
     #[test]
     fn provider_keys_are_files_named_secret_slash_key() {
         let t = full_tenant();
-        let d = deployment(&Owner::of(&t), &t, &settings());
+        let d = deployment(&Owner::of(&t), &t, &settings(), &bundle(&t));
         let pod = pod(&d);
         assert_eq!(
             env_value(&pod.containers[0], "AGENTRY_PROVIDER_SECRETS_DIR").unwrap(),
@@ -543,7 +563,12 @@ mod tests {
         assert_eq!(items.len(), 1);
         assert_eq!(items[0].key, "openai-key_api-key");
         assert_eq!(items[0].path, "openai-key/api-key");
-        let plain = deployment(&Owner::of(&tenant()), &tenant(), &settings());
+        let plain = deployment(
+            &Owner::of(&tenant()),
+            &tenant(),
+            &settings(),
+            &bundle(&tenant()),
+        );
         let none = plain.spec.unwrap().template.spec.unwrap().volumes.unwrap();
         assert!(
             none.iter()
@@ -555,6 +580,39 @@ mod tests {
                 .items
                 .is_none()
         );
+    }
+
+    #[test]
+    fn tool_secrets_are_mounted_only_when_a_tool_references_one() {
+        let t = tenant();
+        let plain = pod(&deployment(&Owner::of(&t), &t, &settings(), &bundle(&t)));
+        let c = &plain.containers[0];
+        assert_eq!(
+            env_value(c, "AGENTRY_SECRETS_DIR").unwrap(),
+            "/etc/agentry/secrets"
+        );
+        let names = |p: &PodSpec| -> Vec<String> {
+            p.volumes
+                .clone()
+                .unwrap()
+                .into_iter()
+                .map(|v| v.name)
+                .collect()
+        };
+        assert!(!names(&plain).contains(&"tool-secrets".to_owned()));
+
+        let b = tool_secrets::tests::bundle_with_tools();
+        let with = pod(&deployment(&Owner::of(&t), &t, &settings(), &b));
+        assert!(names(&with).contains(&"tool-secrets".to_owned()));
+        let mount = with.containers[0]
+            .volume_mounts
+            .clone()
+            .unwrap()
+            .into_iter()
+            .find(|m| m.name == "tool-secrets")
+            .unwrap();
+        assert_eq!(mount.mount_path, "/etc/agentry/secrets");
+        assert_eq!(mount.read_only, Some(true));
     }
 
     #[test]
@@ -573,7 +631,10 @@ mod tests {
         t.spec.suspended = true;
         let owner = Owner::of(&t);
         assert_eq!(
-            deployment(&owner, &t, &settings()).spec.unwrap().replicas,
+            deployment(&owner, &t, &settings(), &bundle(&t))
+                .spec
+                .unwrap()
+                .replicas,
             Some(0)
         );
         assert!(autoscaler(&owner, &t).is_none());
