@@ -47,10 +47,11 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# Waits for a line matching $2 in file $1 and prints it.
+# Waits for a line matching $2 in file $1 and prints it; gives up when process $3 exits.
 wait_line() {
   for _ in $(seq 1 600); do
     if line=$(grep -m1 -E "$2" "$1" 2>/dev/null); then echo "$line"; return 0; fi
+    kill -0 "$3" 2>/dev/null || break
     sleep 0.1
   done
   echo "bench: timed out waiting for '$2' in $1" >&2
@@ -61,7 +62,7 @@ wait_line() {
 upstream_key="bench-upstream-$suffix"
 "${pin_load[@]}" "$bin/mock-llm" --listen 127.0.0.1:0 --api-key "$upstream_key" >"$work/mock.log" 2>&1 &
 pids+=($!)
-mock_url=$(wait_line "$work/mock.log" "listening on" | sed -E 's/.*listening on (http[^ ]+).*/\1/')
+mock_url=$(wait_line "$work/mock.log" "listening on" "${pids[-1]}" | sed -E 's/.*listening on (http[^ ]+).*/\1/')
 
 mkdir -p "$work/manifests" "$work/state"
 sed "s|@MOCK_BASE_URL@|$mock_url|" e2e/bench/manifests/bench.yaml.tmpl >"$work/manifests/bench.yaml"
@@ -71,7 +72,7 @@ AGENTRY_DATABASE_URL="$pg/$database" AGENTRY_DEV_ROLE="$role" AGENTRY_STATE_DIR=
   "${pin_runtime[@]}" "$bin/agentry-runtime" dev --manifests "$work/manifests" \
   --listen 127.0.0.1:0 --log-json >"$work/runtime.log" 2>&1 &
 pids+=($!)
-address=$(wait_line "$work/runtime.log" '"message":"serving"' | sed -E 's/.*"address":"([^"]+)".*/\1/')
+address=$(wait_line "$work/runtime.log" '"message":"serving"' "${pids[-1]}" | sed -E 's/.*"address":"([^"]+)".*/\1/')
 runtime_url="http://$address/v1"
 key=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["bench"]["key"])' "$work/state/keys.json")
 for _ in $(seq 1 100); do
