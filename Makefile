@@ -4,7 +4,7 @@ export CARGO_TERM_COLOR ?= never
 # `#[sqlx::test]` creates a fresh database per test through this server.
 export DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/postgres
 
-.PHONY: test fmt fmt-check lint clippy unit crds kustomize-base tools dev setup
+.PHONY: test fmt fmt-check lint clippy unit crds kustomize-base tools dev setup bench
 
 ## Everything CI checks: formatting, lints, every test (drift checks included).
 test: tools fmt-check clippy unit
@@ -40,3 +40,7 @@ dev:
 ## Make sure PostgreSQL and NATS are reachable (starting or installing them when needed).
 setup:
 	scripts/services.sh
+
+## Benchmark (not part of `make test`): what the runtime adds over direct-to-mock; see docs/benchmarks.md.
+bench:
+	scripts/bench.sh

@@ -1,0 +1,221 @@
+//! Closed-loop load generator for `POST /v1/chat/completions` (scripts/bench.sh):
+//! `loadgen --url http://127.0.0.1:8080/v1 --key KEY --model fast --concurrency 16 --requests 20000`.
+//!
+//! Each of `--concurrency` workers sends its next request as soon as the previous one is answered,
+//! until `--requests` have been sent in all. Latency is measured per request (for `--stream`, to the
+//! first `data:` chunk and to the end of the stream) and printed as one JSON object with exact
+//! percentiles (every sample is kept: a run is bounded, so memory is too).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use clap::Parser;
+use futures::StreamExt as _;
+use serde_json::{Value, json};
+
+/// Load generator arguments.
+#[derive(Parser, Debug)]
+#[command(name = "loadgen")]
+struct Args {
+    /// Base URL ending in `/v1` (the mock's or the runtime's).
+    #[arg(long)]
+    url: String,
+    /// Bearer key to send.
+    #[arg(long)]
+    key: Option<String>,
+    /// Model to ask for.
+    #[arg(long, default_value = "fast")]
+    model: String,
+    /// Requests in flight at once.
+    #[arg(long, default_value_t = 1)]
+    concurrency: u64,
+    /// Requests to send in all (after the warm-up).
+    #[arg(long, default_value_t = 1000)]
+    requests: u64,
+    /// Requests sent before measuring (connections, caches), not counted.
+    #[arg(long, default_value_t = 200)]
+    warmup: u64,
+    /// Ask for a server-sent-event stream and measure time to the first `data:` chunk.
+    #[arg(long)]
+    stream: bool,
+    /// Label copied into the output.
+    #[arg(long, default_value = "")]
+    label: String,
+}
+
+/// One request's timings, in microseconds.
+#[derive(Debug, Clone, Copy)]
+struct Sample {
+    total: u64,
+    first: u64,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let args = Args::parse();
+    if args.concurrency == 0 {
+        bail!("--concurrency must be at least 1");
+    }
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(usize::try_from(args.concurrency).unwrap_or(usize::MAX))
+        .tcp_nodelay(true)
+        .build()?;
+    let target = Arc::new(Target {
+        client,
+        endpoint: format!("{}/chat/completions", args.url.trim_end_matches('/')),
+        key: args.key.clone(),
+        body: serde_json::to_vec(&json!({
+            "model": args.model,
+            "messages": [{"role": "user", "content": "Say hello in five words."}],
+            "stream": args.stream,
+            "max_tokens": 16,
+        }))?,
+        stream: args.stream,
+    });
+
+    run(&target, args.concurrency, args.warmup).await?;
+    let started = Instant::now();
+    let (samples, errors) = run(&target, args.concurrency, args.requests).await?;
+    let elapsed = started.elapsed();
+
+    let mut totals: Vec<u64> = samples.iter().map(|s| s.total).collect();
+    let mut firsts: Vec<u64> = samples.iter().map(|s| s.first).collect();
+    let mut report = json!({
+        "label": args.label,
+        "url": args.url,
+        "stream": args.stream,
+        "concurrency": args.concurrency,
+        "requests": args.requests,
+        "ok": samples.len(),
+        "errors": errors,
+        "seconds": elapsed.as_secs_f64(),
+        "rps": samples.len() as f64 / elapsed.as_secs_f64().max(f64::EPSILON),
+        "latency_ms": summary(&mut totals),
+    });
+    if args.stream {
+        report["ttft_ms"] = summary(&mut firsts);
+    }
+    println!("{report}");
+    Ok(())
+}
+
+struct Target {
+    client: reqwest::Client,
+    endpoint: String,
+    key: Option<String>,
+    body: Vec<u8>,
+    stream: bool,
+}
+
+/// Sends `requests` requests over `concurrency` workers; returns the samples and the error count.
+async fn run(
+    target: &Arc<Target>,
+    concurrency: u64,
+    requests: u64,
+) -> anyhow::Result<(Vec<Sample>, u64)> {
+    let next = Arc::new(AtomicU64::new(0));
+    let errors = Arc::new(AtomicU64::new(0));
+    let mut workers = tokio::task::JoinSet::new();
+    for _ in 0..concurrency {
+        let (target, next, errors) = (target.clone(), next.clone(), errors.clone());
+        workers.spawn(async move {
+            let mut samples = Vec::new();
+            while next.fetch_add(1, Ordering::Relaxed) < requests {
+                match one(&target).await {
+                    Ok(sample) => samples.push(sample),
+                    Err(e) => {
+                        // Only the first few are printed: a broken setup fails every request.
+                        if errors.fetch_add(1, Ordering::Relaxed) < 3 {
+                            eprintln!("request failed: {e:#}");
+                        }
+                    }
+                }
+            }
+            samples
+        });
+    }
+    let mut all = Vec::new();
+    while let Some(done) = workers.join_next().await {
+        all.extend(done.context("worker panicked")?);
+    }
+    Ok((all, errors.load(Ordering::Relaxed)))
+}
+
+async fn one(target: &Target) -> anyhow::Result<Sample> {
+    let started = Instant::now();
+    let mut request = target
+        .client
+        .post(&target.endpoint)
+        .header("content-type", "application/json")
+        .body(target.body.clone());
+    if let Some(key) = &target.key {
+        request = request.bearer_auth(key);
+    }
+    let response = request.send().await?;
+    let status = response.status();
+    if !status.is_success() {
+        let text = response.text().await.unwrap_or_default();
+        bail!(
+            "HTTP {status}: {}",
+            text.chars().take(300).collect::<String>()
+        );
+    }
+    if !target.stream {
+        let body = response.bytes().await?;
+        let total = micros(started.elapsed());
+        // A 200 without a choice is a broken answer, not a fast one.
+        let v: Value = serde_json::from_slice(&body)?;
+        if v.pointer("/choices/0").is_none() {
+            bail!("answer without choices");
+        }
+        return Ok(Sample {
+            total,
+            first: total,
+        });
+    }
+    let mut first = None;
+    let mut seen = Vec::new();
+    let mut chunks = response.bytes_stream();
+    while let Some(chunk) = chunks.next().await {
+        let chunk = chunk?;
+        if first.is_none() {
+            seen.extend_from_slice(&chunk);
+            if seen.windows(5).any(|w| w == b"data:") {
+                first = Some(micros(started.elapsed()));
+            }
+        }
+    }
+    let total = micros(started.elapsed());
+    Ok(Sample {
+        total,
+        first: first.context("stream ended without a data: chunk")?,
+    })
+}
+
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}
+
+/// p50/p90/p99/max/mean in milliseconds (nearest-rank percentiles).
+fn summary(samples: &mut [u64]) -> Value {
+    if samples.is_empty() {
+        return Value::Null;
+    }
+    samples.sort_unstable();
+    let rank = |p: f64| {
+        let n = samples.len();
+        let i = ((p / 100.0) * n as f64).ceil() as usize;
+        samples[i.clamp(1, n) - 1] as f64 / 1000.0
+    };
+    let mean = samples.iter().sum::<u64>() as f64 / samples.len() as f64 / 1000.0;
+    json!({
+        "p50": rank(50.0),
+        "p90": rank(90.0),
+        "p99": rank(99.0),
+        "max": rank(100.0),
+        "mean": mean,
+    })
+}
