@@ -17,6 +17,7 @@ pub mod http;
 pub mod llm;
 pub mod metrics;
 pub mod realtime;
+pub mod resilience;
 pub mod serve;
 pub mod state;
 pub mod telemetry;
