@@ -13,6 +13,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use agentry_e2e::mock_llm::{MockConfig, MockLlm};
 use agentry_runtime::agents::ESCALATED_REPLY;
 use auth_support::{Harness, bearer, call};
 use axum::Router;
@@ -348,32 +349,30 @@ async fn approvals_run_or_deny_the_call(admin: PgPool) {
 async fn one_approval_waits_at_a_time_and_blocks_new_messages(admin: PgPool) {
     let orders = Orders::default();
     let addr = order_server(orders.clone()).await;
-    // Both order tools need a person's approval.
+    // A scripted upstream, so that one answer asks for two calls; both order tools need a
+    // person's approval.
+    let mock = MockLlm::start(MockConfig::default()).await.unwrap();
     let s = setup_with(admin, Some(addr), |acme| {
+        let local = acme.tenant.providers.get_mut("local").unwrap();
+        local.type_ = agentry_crds::tenant::ProviderType::Openai;
+        local.base_url = Some(mock.base_url());
         acme.tools.get_mut("lookup-order").unwrap().require_approval = true;
     })
     .await;
     let id = s.conversation(Some("billing")).await;
-    let a = s
-        .say(&id, "Lookup order A-1001 and issue refund for it")
-        .await;
+    let both = "#tool lookup-order {\"orderId\": \"A-1001\"}\n#tool issue-refund {\"orderId\": \"A-1001\"}";
+    let a = s.say(&id, both).await;
     assert_eq!(a.status, StatusCode::OK, "{}", a.body);
-    let calls = a.body["toolCalls"].as_array().unwrap();
-    let names: Vec<&str> = calls.iter().map(|c| c["name"].as_str().unwrap()).collect();
-    assert_eq!(names, ["lookup-order", "issue-refund"], "{}", a.body);
     // The first waits for approval; the second is answered at once with an error the model
-    // can act on later.
-    assert_eq!(a.body["approval"]["tool"], "lookup-order");
+    // can act on after the decision.
+    assert_eq!(a.body["approval"]["tool"], "lookup-order", "{}", a.body);
     assert!(a.body["message"].is_null());
-    let second = &calls[1];
-    assert_eq!(second["error"], true, "{second}");
-    assert!(
-        second["result"]
-            .as_str()
-            .unwrap()
-            .contains("waiting for approval"),
-        "{second}"
-    );
+    let calls = a.body["toolCalls"].as_array().unwrap();
+    assert_eq!(calls.len(), 1, "{}", a.body);
+    assert_eq!(calls[0]["name"], "issue-refund");
+    assert_eq!(calls[0]["error"], true);
+    let result = calls[0]["result"].as_str().unwrap();
+    assert!(result.contains("waiting for approval"), "{result}");
     let approval = a.body["approval"]["approvalId"]
         .as_str()
         .unwrap()
@@ -407,9 +406,21 @@ async fn one_approval_waits_at_a_time_and_blocks_new_messages(admin: PgPool) {
     assert_eq!(orders.refunds.load(Ordering::SeqCst), 0);
     let text = d.body["message"]["content"].as_str().unwrap();
     assert!(text.contains("shipped"), "{text}");
+    // The model saw both results, each answering its call.
+    let sent = mock.last_request().unwrap();
+    let tool_ids: Vec<&str> = sent["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["role"] == "tool")
+        .map(|m| m["tool_call_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(tool_ids.len(), 2, "{sent}");
 
     // Decided: the conversation goes on, and the refund can be asked for again.
-    let a = s.say(&id, "Now issue refund for A-1001").await;
+    let a = s
+        .say(&id, "#tool issue-refund {\"orderId\": \"A-1001\"}")
+        .await;
     assert_eq!(a.status, StatusCode::OK, "{}", a.body);
     assert_eq!(a.body["approval"]["tool"], "issue-refund", "{}", a.body);
     s.h.cleanup().await;
