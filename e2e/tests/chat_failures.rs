@@ -2,7 +2,7 @@
 //! (fallback to the next model), a provider that keeps failing (its circuit breaker opens,
 //! calls skip it without reaching it, and a half-open probe closes it again), tools aimed at
 //! internal addresses (refused, the target sees nothing) and a WebSocket client that stops
-//! reading while tokens stream (closed with 1013).
+//! reading while tokens stream (closed with 1013) or names another tenant's conversation.
 #![allow(
     clippy::unwrap_used,
     reason = "test helpers fail the test by panicking"
@@ -112,6 +112,23 @@ spec:
   type: http
   http: {{method: GET, url: "http://127.0.0.1:{port}/secret"}}
   egress: {{allowHosts: ["127.0.0.1"]}}
+---
+apiVersion: agentry.dev/v1alpha1
+kind: Tenant
+metadata: {{name: globex}}
+spec:
+  chat: {{defaultAgent: assistant}}
+  providers:
+    - {{name: local, type: builtin}}
+  models:
+    - {{name: small, provider: local}}
+---
+apiVersion: agentry.dev/v1alpha1
+kind: Agent
+metadata: {{name: assistant, namespace: tenant-globex}}
+spec:
+  model: {{name: small}}
+  systemPrompt: "You help."
 "#
     );
     std::fs::write(dir.path().join("acme.yaml"), yaml).unwrap();
@@ -393,6 +410,33 @@ async fn a_websocket_client_that_stops_reading_is_closed_with_1013() {
     let (mut ws, _) = tokio_tungstenite::client_async(request, stream)
         .await
         .unwrap();
+
+    // Another tenant's conversation does not exist on this socket.
+    let globex: Value = s
+        .client
+        .post(format!("{}/api/v1/chat/conversations", s.rt.base_url))
+        .bearer_auth(s.rt.key("globex"))
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let foreign = json!({"type": "message", "conversationId": globex["id"],
+                         "content": "Let me in.", "id": "foreign"});
+    ws.send(Message::text(foreign.to_string())).await.unwrap();
+    let reply = tokio::time::timeout(Duration::from_secs(10), ws.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let reply: Value = serde_json::from_str(reply.to_text().unwrap()).unwrap();
+    assert_eq!(
+        (reply["type"].as_str(), reply["code"].as_str()),
+        (Some("error"), Some("not_found")),
+        "{reply}"
+    );
 
     // 8 MiB of text in 1 KiB tokens, streamed as fast as the runtime takes them.
     let message = json!({"type": "message", "conversationId": conversation,
