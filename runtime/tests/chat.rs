@@ -554,6 +554,36 @@ async fn the_openai_surface_serves_agents_and_models(admin: PgPool) {
         .await;
     let error = openai_error(&bad, StatusCode::NOT_FOUND, "model_not_found");
     assert_eq!(error["param"], "model");
+
+    // A client history with its own tool round: an agent keeps only the text of user and
+    // assistant messages (its conversation never made those calls).
+    let a = s
+        .post(
+            &s.acme,
+            "/v1/chat/completions",
+            json!({"model": "agent/general", "messages": [
+                {"role": "user", "content": "Look it up."},
+                {"role": "assistant", "content": null, "tool_calls": [{"id": "c1", "type": "function",
+                  "function": {"name": "lookup", "arguments": "{}"}}]},
+                {"role": "tool", "tool_call_id": "c1", "content": "{}"},
+                {"role": "user", "content": "Hello there."}]}),
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+    assert_eq!(
+        a.body["choices"][0]["message"]["content"],
+        "I can help with that: Hello there."
+    );
+    assert_eq!(
+        s.count(
+            "select count(*) from agentry.messages m join agentry.conversations c
+               on c.tenant_id = m.tenant_id and c.id = m.conversation_id
+             where c.metadata ->> 'source' = 'openai' and m.role = 'tool'"
+        )
+        .await,
+        1,
+        "only the agent's own tool call of the lookup above"
+    );
     s.h.cleanup().await;
 }
 

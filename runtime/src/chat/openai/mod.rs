@@ -205,8 +205,14 @@ async fn start_conversation(
     .bind(caller.user_id())
     .execute(&mut *tx)
     .await?;
-    // The agent brings its own system prompt; the client's system messages are not stored.
-    for m in messages.iter().filter(|m| m.role != Role::System) {
+    // The agent brings its own system prompt and runs its own tools: only the text of user
+    // and assistant messages is stored (a client's tool messages would answer calls the
+    // conversation never made).
+    let kept = messages
+        .iter()
+        .filter(|m| matches!(m.role, Role::User | Role::Assistant))
+        .filter(|m| m.role == Role::User || !m.content.is_empty());
+    for m in kept {
         store::insert_message(
             &mut tx,
             caller,
