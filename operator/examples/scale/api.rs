@@ -104,6 +104,9 @@ pub struct Shared<S> {
     pub counts: Counts,
 }
 
+/// A running API server's state, shared with its thread.
+pub type SharedServer<S> = Arc<Mutex<Shared<S>>>;
+
 /// Locks, surviving a panicked holder (the counts stay meaningful).
 pub fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)

@@ -90,9 +90,7 @@ impl Provisioner for MemoryProvisioner {
 }
 
 /// A controller context whose client talks to `server` on its own thread.
-fn context<S: api::Server>(
-    server: S,
-) -> anyhow::Result<(Arc<Context>, Arc<std::sync::Mutex<api::Shared<S>>>)> {
+fn context<S: api::Server>(server: S) -> anyhow::Result<(Arc<Context>, api::SharedServer<S>)> {
     let (service, handle) = tower_test::mock::pair();
     let shared = Arc::new(std::sync::Mutex::new(api::Shared {
         server,
