@@ -4,7 +4,7 @@ export CARGO_TERM_COLOR ?= never
 # `#[sqlx::test]` creates a fresh database per test through this server.
 export DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/postgres
 
-.PHONY: test fmt fmt-check lint clippy unit crds kustomize-base tools dev setup bench
+.PHONY: test fmt fmt-check lint clippy unit crds kustomize-base tools dev setup bench bench-operator
 
 ## Everything CI checks: formatting, lints, every test (drift checks included).
 test: tools fmt-check clippy unit
@@ -41,6 +41,12 @@ dev:
 setup:
 	scripts/services.sh
 
-## Benchmark (not part of `make test`): what the runtime adds over direct-to-mock; see docs/benchmarks.md.
+## Benchmark (not part of `make test`): what the runtime adds over direct-to-mock, and the
+## operator at scale; see docs/benchmarks.md.
 bench:
 	scripts/bench.sh
+	scripts/bench-operator.sh
+
+## The operator at scale alone (1, 100, 10,000 tenants; no cluster needed).
+bench-operator:
+	scripts/bench-operator.sh

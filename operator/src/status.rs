@@ -174,22 +174,34 @@ pub fn terminating(current: Option<&TenantStatus>) -> TenantStatus {
     }
 }
 
-/// The object's `Ready` condition from the compilation.
+/// The object's `Ready` condition from the compilation and what it waits for (a compiled
+/// Tool's missing Secrets).
+#[allow(clippy::too_many_arguments)]
 fn ready_condition(
     current: &[Condition],
     kind: ObjectKind,
     name: &str,
     compiled: bool,
     compilation: &Compilation,
+    waiting_for: &[String],
     generation: Option<i64>,
     now: Time,
 ) -> Vec<Condition> {
     let diagnostics = compilation.diagnostics_for(kind, name);
-    let (ok, reason, message) = if compiled && diagnostics.is_empty() {
+    let (ok, reason, message) = if compiled && diagnostics.is_empty() && waiting_for.is_empty() {
         (
             true,
             reasons::COMPILED,
             "compiled into the tenant's bundle".to_owned(),
+        )
+    } else if compiled && diagnostics.is_empty() {
+        (
+            false,
+            reasons::WAITING,
+            format!(
+                "compiled, but its calls fail until the Secret exists: {}",
+                waiting_for.join("; ")
+            ),
         )
     } else if diagnostics.is_empty() {
         (
@@ -235,14 +247,21 @@ pub fn agent_status(agent: &Agent, compilation: &Compilation, now: Time) -> Agen
             &name,
             compiled.is_some(),
             compilation,
+            &[],
             agent.metadata.generation,
             now,
         ),
     }
 }
 
-/// Status of a Tool.
-pub fn tool_status(tool: &Tool, compilation: &Compilation, now: Time) -> ToolStatus {
+/// Status of a Tool; `missing_secrets` names the header Secrets or keys it cannot read (see
+/// [`crate::builders::tool_secrets::missing`]).
+pub fn tool_status(
+    tool: &Tool,
+    compilation: &Compilation,
+    missing_secrets: &[String],
+    now: Time,
+) -> ToolStatus {
     let name = tool.name_any();
     let compiled = compilation.bundle.tools.get(&name);
     let current = tool.status.clone().unwrap_or_default();
@@ -255,6 +274,7 @@ pub fn tool_status(tool: &Tool, compilation: &Compilation, now: Time) -> ToolSta
             &name,
             compiled.is_some(),
             compilation,
+            missing_secrets,
             tool.metadata.generation,
             now,
         ),
@@ -280,6 +300,7 @@ pub fn workflow_status(
             &name,
             compiled.is_some(),
             compilation,
+            &[],
             workflow.metadata.generation,
             now,
         ),
@@ -314,6 +335,7 @@ pub fn flag_status(
             &name,
             compiled,
             compilation,
+            &[],
             object.metadata.generation,
             now,
         ),

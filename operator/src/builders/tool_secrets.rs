@@ -3,8 +3,9 @@
 //! A Tool's HTTP or MCP header may take its value from `valueFrom.secretKeyRef`, a Secret in
 //! the tenant namespace. The runtime reads such values at call time from
 //! `/etc/agentry/secrets/<name>/<key>`, so the pod mounts one projected volume there with
-//! exactly the referenced keys. The operator never reads these Secrets: the kubelet does, on
-//! behalf of the pod.
+//! exactly the referenced keys. The kubelet reads their values on behalf of the pod; the
+//! operator only looks at which keys each Secret has, so that a Tool whose Secret or key is
+//! missing says so in its `Ready` condition instead of failing quietly at call time.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -31,16 +32,64 @@ fn is_path_component(s: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
 }
 
-/// Referenced keys by Secret name, both sorted, so that converged reconciles build the same
-/// pod template and never roll the pods.
-pub fn references(bundle: &RuntimeBundle) -> BTreeMap<String, BTreeSet<String>> {
-    let headers = bundle.tools.values().flat_map(|t| {
+/// The `valueFrom.secretKeyRef` headers of the compiled tools, with the tool's name.
+fn secret_headers(bundle: &RuntimeBundle) -> impl Iterator<Item = (&str, &HttpHeader)> {
+    bundle.tools.iter().flat_map(|(name, t)| {
         let http = t.http.iter().flat_map(|h| h.headers.iter());
         let mcp = t.mcp.iter().flat_map(|m| m.headers.iter());
         http.chain(mcp)
-    });
+            .filter(|h| h.value_from.is_some())
+            .map(move |h| (name.as_str(), h))
+    })
+}
+
+/// Keys each referenced Secret holds, by Secret name; `None`: the Secret does not exist.
+pub type SecretKeys = BTreeMap<String, Option<BTreeSet<String>>>;
+
+/// What keeps each tool from reading its header Secrets, by tool name: a Secret that does not
+/// exist, a key it does not have, or a name or key that cannot be a file name. Tools with
+/// nothing missing are absent. `found` holds what [`references`] names.
+pub fn missing(
+    bundle: &RuntimeBundle,
+    namespace: &str,
+    found: &SecretKeys,
+) -> BTreeMap<String, Vec<String>> {
+    let mut problems: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for (tool, header) in secret_headers(bundle) {
+        let Some(from) = &header.value_from else {
+            continue;
+        };
+        let (secret, key) = (&from.secret_key_ref.name, &from.secret_key_ref.key);
+        let problem = if !is_path_component(secret) || !is_path_component(key) {
+            Some(format!(
+                "header {}: Secret {secret:?} key {key:?} cannot be mounted (names and keys are letters, digits, '-', '_' and '.')",
+                header.name
+            ))
+        } else {
+            match found.get(secret) {
+                Some(Some(keys)) if keys.contains(key) => None,
+                Some(Some(_)) => Some(format!(
+                    "header {}: Secret {namespace}/{secret} has no key {key:?}",
+                    header.name
+                )),
+                _ => Some(format!(
+                    "header {}: Secret {namespace}/{secret} (key {key:?}) not found",
+                    header.name
+                )),
+            }
+        };
+        if let Some(problem) = problem {
+            problems.entry(tool.to_owned()).or_default().push(problem);
+        }
+    }
+    problems
+}
+
+/// Referenced keys by Secret name, both sorted, so that converged reconciles build the same
+/// pod template and never roll the pods.
+pub fn references(bundle: &RuntimeBundle) -> BTreeMap<String, BTreeSet<String>> {
     let mut refs: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-    for header in headers {
+    for (_, header) in secret_headers(bundle) {
         let HttpHeader {
             value_from: Some(from),
             ..
@@ -60,7 +109,8 @@ pub fn references(bundle: &RuntimeBundle) -> BTreeMap<String, BTreeSet<String>> 
 
 /// The projected volume, or `None` when no tool references a Secret. Each source is
 /// `optional`: a missing Secret or key leaves its file out instead of keeping every runtime
-/// pod from starting; the tool call that needs it fails with an error naming the Secret.
+/// pod from starting; the tool reports it in its `Ready` condition (see [`missing`]) and a
+/// call that needs it fails with an error naming the Secret.
 pub fn volume(bundle: &RuntimeBundle) -> Option<Volume> {
     let refs = references(bundle);
     if refs.is_empty() {
@@ -201,6 +251,45 @@ spec:
         let b = compile_with(&tenant(), &objects(false)).bundle;
         assert!(!b.tools.is_empty());
         assert!(volume(&b).is_none());
+    }
+
+    #[test]
+    fn missing_secrets_and_keys_are_named_per_tool() {
+        let b = bundle_with_tools();
+        let found = SecretKeys::from([
+            (
+                "weather-api".to_owned(),
+                Some(BTreeSet::from(["token".to_owned()])),
+            ),
+            ("crm".to_owned(), None),
+        ]);
+        let problems = missing(&b, "tenant-acme", &found);
+        assert!(!problems.contains_key("weather"), "{problems:?}");
+        assert_eq!(
+            problems["crm"],
+            [
+                "header Authorization: Secret tenant-acme/crm (key \"bearer\") not found",
+                "header X-Tenant: Secret tenant-acme/weather-api has no key \"account\"",
+                "header X-Evil: Secret \"crm\" key \"../escape\" cannot be mounted (names and keys are letters, digits, '-', '_' and '.')",
+            ]
+        );
+        assert_eq!(
+            problems["crm-again"],
+            ["header Authorization: Secret tenant-acme/crm (key \"bearer\") not found"]
+        );
+        let all = SecretKeys::from([
+            (
+                "weather-api".to_owned(),
+                Some(BTreeSet::from(["token".to_owned(), "account".to_owned()])),
+            ),
+            (
+                "crm".to_owned(),
+                Some(BTreeSet::from(["bearer".to_owned()])),
+            ),
+        ]);
+        let problems = missing(&b, "tenant-acme", &all);
+        assert_eq!(problems.keys().collect::<Vec<_>>(), ["crm"]);
+        assert_eq!(problems["crm"].len(), 1, "only the unmountable key is left");
     }
 
     #[test]

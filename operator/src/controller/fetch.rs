@@ -12,6 +12,7 @@ use kube::{Api, Client};
 use super::error::Error;
 use crate::builders::CREDENTIALS_SECRET;
 use crate::builders::secrets::{ADMIN_API_KEY_KEY, PASSWORD_KEY, provider_key_name};
+use crate::builders::tool_secrets::SecretKeys;
 use crate::database::ExistingCredentials;
 
 /// What the cluster holds for one Tenant.
@@ -176,4 +177,25 @@ pub async fn fetch(
         credentials,
         provider_secrets,
     })
+}
+
+/// Which keys each Secret named in `names` holds in the tenant namespace (`None`: not found).
+/// Only the key names are kept: the values are for the kubelet, not for the operator.
+pub async fn secret_keys<'a>(
+    client: &Client,
+    namespace: &str,
+    names: impl IntoIterator<Item = &'a String>,
+) -> Result<SecretKeys, Error> {
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
+    let mut found = SecretKeys::new();
+    for name in names {
+        let secret = get_opt(&secrets, format!("Secret {namespace}/{name}"), name).await?;
+        let keys = secret.map(|s| {
+            let data = s.data.into_iter().flat_map(BTreeMap::into_keys);
+            let string_data = s.string_data.into_iter().flat_map(BTreeMap::into_keys);
+            data.chain(string_data).collect::<BTreeSet<_>>()
+        });
+        found.insert(name.clone(), keys);
+    }
+    Ok(found)
 }

@@ -17,13 +17,14 @@ mod watch;
 mod tests;
 
 pub use error::{Error, describe, is_not_found};
-pub use watch::{WATCHED, run, tenants_in_namespace, tenants_using_secret};
+pub use watch::{WATCHED, run, tenant_of_namespace, tenants_in_namespace, tenants_using_secret};
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use agentry_crds::Tenant;
+use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::runtime::controller::Action;
@@ -126,6 +127,19 @@ impl Context {
 
     /// Publishes an Event about a Tenant; a failure to publish is logged, never fatal.
     async fn publish(&self, tenant: &Tenant, type_: EventType, reason: &str, note: String) {
+        self.publish_about(&tenant.object_ref(&()), type_, reason, note)
+            .await;
+    }
+
+    /// Publishes an Event about any object (it lands in the object's namespace); a failure
+    /// to publish is logged, never fatal.
+    async fn publish_about(
+        &self,
+        regarding: &ObjectReference,
+        type_: EventType,
+        reason: &str,
+        note: String,
+    ) {
         let mut note = note;
         if note.len() > 1000 {
             let mut cut = 1000;
@@ -141,8 +155,13 @@ impl Context {
             action: "Reconcile".to_owned(),
             secondary: None,
         };
-        if let Err(e) = self.recorder.publish(&event, &tenant.object_ref(&())).await {
-            tracing::warn!(tenant = %tenant.name_any(), error = %describe(&e), "publishing an event failed");
+        if let Err(e) = self.recorder.publish(&event, regarding).await {
+            tracing::warn!(
+                kind = regarding.kind.as_deref().unwrap_or_default(),
+                name = regarding.name.as_deref().unwrap_or_default(),
+                error = %describe(&e),
+                "publishing an event failed"
+            );
         }
     }
 }

@@ -19,7 +19,7 @@ use super::error::Error;
 use super::fetch;
 use super::{Context, api, children};
 use crate::builders::bundle::MAX_BUNDLE_BYTES;
-use crate::builders::{self, BUNDLE_KEY, CREDENTIALS_SECRET, Inputs, RUNTIME};
+use crate::builders::{self, BUNDLE_KEY, CREDENTIALS_SECRET, Inputs, RUNTIME, tool_secrets};
 use crate::database::{Provisioned, RoleName, TenantRecord, is_tenant_name};
 use crate::settings::Settings;
 use crate::status::{self, Check, Observation};
@@ -154,6 +154,11 @@ async fn pipeline(
         .map_err(|problem| failed(&mut obs.namespace_ready, Error::Invalid(problem)))?;
     let compilation = compile(&fetched.sources(tenant));
     obs.counts = Some(status::counts(&compilation));
+    let referenced = tool_secrets::references(&compilation.bundle);
+    let secret_keys = fetch::secret_keys(client, &obs.namespace, referenced.keys())
+        .await
+        .map_err(|e| failed(&mut obs.namespace_ready, e))?;
+    let tool_problems = tool_secrets::missing(&compilation.bundle, &obs.namespace, &secret_keys);
 
     let rails = builders::guard_rails(tenant, settings, &compilation.bundle);
     apply_guard_rails(ctx, &rails)
@@ -215,7 +220,7 @@ async fn pipeline(
             .map_err(|e| failed(&mut obs.bundle_ready, e))?;
         obs.bundle_hash = Some(compilation.bundle.hash.clone());
     }
-    obs.bundle_ready = bundle_check(&compilation, size, &missing_keys);
+    obs.bundle_ready = bundle_check(&compilation, size, &missing_keys, tool_problems.len());
 
     let deployment = api::apply(client, &workload.deployment)
         .await
@@ -226,7 +231,7 @@ async fn pipeline(
     obs.endpoint = Some(builders::endpoint(tenant, settings));
     obs.runtime_ready = runtime_check(tenant, &deployment);
 
-    children::write_statuses(ctx, &fetched, &compilation, now).await?;
+    children::write_statuses(ctx, &fetched, &compilation, &tool_problems, now).await?;
     Ok(Action::requeue(ctx.resync))
 }
 
@@ -280,7 +285,14 @@ fn provisioned_note(database: &Provisioned, namespace: &str) -> String {
 }
 
 /// BundleReady: published, with what the tenant's own spec got wrong or what is missing.
-fn bundle_check(compilation: &Compilation, size: usize, missing_keys: &[String]) -> Check {
+/// Tools waiting for a Secret are counted like invalid objects: they say why themselves and
+/// the rest of the tenant serves.
+fn bundle_check(
+    compilation: &Compilation,
+    size: usize,
+    missing_keys: &[String],
+    tools_waiting: usize,
+) -> Check {
     if size > MAX_BUNDLE_BYTES {
         return Check::fail(
             reasons::INVALID,
@@ -310,6 +322,11 @@ fn bundle_check(compilation: &Compilation, size: usize, missing_keys: &[String])
         message.push_str(&format!(
             "; {} invalid objects left out (see their Ready condition)",
             c.invalid
+        ));
+    }
+    if tools_waiting > 0 {
+        message.push_str(&format!(
+            "; {tools_waiting} tools wait for a Secret (see their Ready condition)"
         ));
     }
     Check::ok(reasons::COMPILED, message)
@@ -486,16 +503,26 @@ mod tests {
     fn bundle_check_names_missing_keys_and_oversized_bundles() {
         let t = tenant();
         let c = agentry_crds::bundle::compile(&agentry_crds::bundle::BundleSources::new(t));
-        assert!(bundle_check(&c, 10, &[]).ok);
+        assert!(bundle_check(&c, 10, &[], 0).ok);
+        let waiting = bundle_check(&c, 10, &[], 2);
+        assert!(waiting.ok);
+        assert!(
+            waiting
+                .message
+                .ends_with("; 2 tools wait for a Secret (see their Ready condition)"),
+            "{}",
+            waiting.message
+        );
         let missing = bundle_check(
             &c,
             10,
             &["provider openai: Secret agentry-system/k not found".to_owned()],
+            0,
         );
         assert!(!missing.ok);
         assert_eq!(missing.reason, reasons::WAITING);
         assert!(missing.message.contains("openai"));
-        let big = bundle_check(&c, MAX_BUNDLE_BYTES + 1, &[]);
+        let big = bundle_check(&c, MAX_BUNDLE_BYTES + 1, &[], 0);
         assert!(!big.ok && big.message.contains("more than a ConfigMap holds"));
     }
 

@@ -113,7 +113,7 @@ fn valid_objects_are_ready_with_their_revision() {
         ("True", reasons::COMPILED)
     );
 
-    let tool = tool_status(&objects.tools[0], &c, at(5));
+    let tool = tool_status(&objects.tools[0], &c, &[], at(5));
     assert!(is_true(&tool.conditions, types::READY));
     let wf = workflow_status(&objects.workflows[0], &c, at(5));
     assert_eq!(wf.node_count, Some(2));
@@ -122,6 +122,26 @@ fn valid_objects_are_ready_with_their_revision() {
     assert_eq!(flag.flag_count, Some(1));
     assert_eq!(flag.revision.as_ref().map(String::len), Some(16));
     assert!(is_true(&flag.conditions, types::READY));
+}
+
+#[test]
+fn a_tool_missing_its_secret_is_not_ready_and_names_secret_and_key() {
+    let objects = objects(false);
+    let c = compile_with(&tenant(), &objects);
+    let missing = [
+        "header Authorization: Secret tenant-acme/acme-api (key \"token\") not found".to_owned(),
+    ];
+    let tool = tool_status(&objects.tools[0], &c, &missing, at(5));
+    let ready = find(&tool.conditions, types::READY).unwrap();
+    assert_eq!(
+        (ready.status.as_str(), ready.reason.as_str()),
+        ("False", reasons::WAITING)
+    );
+    assert_eq!(
+        ready.message,
+        "compiled, but its calls fail until the Secret exists: header Authorization: Secret tenant-acme/acme-api (key \"token\") not found"
+    );
+    assert!(tool.revision.is_some(), "the tool is still in the bundle");
 }
 
 #[test]

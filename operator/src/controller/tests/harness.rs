@@ -298,6 +298,17 @@ pub(crate) fn event() -> Expect {
     }
 }
 
+/// An Event about an object in the tenant namespace (a Tool).
+pub(crate) fn namespaced_event() -> Expect {
+    Expect {
+        method: "POST",
+        path: "/apis/events.k8s.io/v1/namespaces/tenant-acme/events".to_owned(),
+        apply: false,
+        prefix: false,
+        reply: Reply::echo(),
+    }
+}
+
 /// A repeated Event: the Recorder patches the first one into a series.
 pub(crate) fn event_series() -> Expect {
     Expect {

@@ -164,6 +164,144 @@ async fn a_converged_tenant_applies_identical_objects_and_writes_no_status() {
     assert!(!ctx.metrics.encode().contains("status_writes_total{"));
 }
 
+/// A Tool whose header value comes from a Secret in the tenant namespace.
+const SECRET_TOOL: &str = r#"
+apiVersion: agentry.dev/v1alpha1
+kind: Tool
+metadata: {name: weather, namespace: tenant-acme, generation: 1}
+spec:
+  description: Weather.
+  type: http
+  http:
+    url: https://weather.example/v1
+    headers:
+      - {name: X-Api-Key, valueFrom: {secretKeyRef: {name: weather-api, key: token}}}
+"#;
+
+fn secret_with(keys: &[&str]) -> Value {
+    let data: serde_json::Map<String, Value> = keys
+        .iter()
+        .map(|k| ((*k).to_owned(), json!("c2VjcmV0")))
+        .collect();
+    json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": "weather-api", "namespace": NS, "resourceVersion": "3"},
+        "data": data,
+    })
+}
+
+#[tokio::test]
+async fn a_tool_whose_secret_is_missing_says_which_secret_and_key_with_an_event() {
+    let fake = Arc::new(FakeProvisioner::default());
+    let mut objs = objects(false);
+    objs.tools
+        .extend(crate::fixtures::parse(SECRET_TOOL).1.tools);
+    let mut world = World::new(live_tenant(), objs);
+    world.tool_secrets = vec![("weather-api", None)];
+    let mut writes = new_tenant_writes();
+    writes.children.insert(2, ("tools", "weather"));
+    writes.secret_missing_events = vec!["weather"];
+    let (result, calls, _) = reconcile_world(&world, &writes, fake.clone(), at(1_000)).await;
+    result.unwrap();
+
+    let weather = find_call(
+        &calls,
+        "PATCH",
+        &format!("{}/weather/status", crd_list("tools")),
+    );
+    let ready = &weather.body["status"]["conditions"][0];
+    assert_eq!(ready["type"], "Ready");
+    assert_eq!(ready["status"], "False");
+    assert_eq!(ready["reason"], reasons::WAITING);
+    let expected = "header X-Api-Key: Secret tenant-acme/weather-api (key \"token\") not found";
+    assert!(
+        ready["message"].as_str().unwrap().contains(expected),
+        "{ready}"
+    );
+    let event = find_call(
+        &calls,
+        "POST",
+        "/apis/events.k8s.io/v1/namespaces/tenant-acme/events",
+    );
+    assert_eq!(event.body["type"], "Warning");
+    assert_eq!(event.body["reason"], "SecretMissing");
+    assert_eq!(event.body["regarding"]["kind"], "Tool");
+    assert_eq!(event.body["regarding"]["name"], "weather");
+    assert!(
+        event.body["note"].as_str().unwrap().contains(expected),
+        "{}",
+        event.body
+    );
+    // The tool is still published (its calls fail naming the Secret), the rest serves, and
+    // the pod mounts the Secret optionally so that it starts meanwhile.
+    let bundle = find_call(&calls, "PATCH", &core("configmaps", "agentry-bundle"));
+    let published: RuntimeBundle =
+        serde_json::from_str(bundle.body["data"]["bundle.json"].as_str().unwrap()).unwrap();
+    assert!(published.tools.contains_key("weather"));
+    let status = status_of(&calls);
+    assert_eq!(status.phase, Some(TenantPhase::Ready));
+    let bundle_ready = condition(&status, types::BUNDLE_READY);
+    assert!(
+        bundle_ready
+            .message
+            .contains("1 tools wait for a Secret (see their Ready condition)"),
+        "{}",
+        bundle_ready.message
+    );
+
+    // Reconciled again with the Secret still missing: nothing new is written or published.
+    let again = converged(&world, &calls);
+    let (second, calls2, _) =
+        reconcile_world(&again, &Writes::default(), fake.clone(), at(2_000)).await;
+    second.unwrap();
+    assert!(calls2.iter().all(|c| c.method != "POST"), "no second event");
+
+    // A Secret without the key: the message says which key is missing.
+    let mut wrong_key = again.clone();
+    wrong_key.tool_secrets = vec![("weather-api", Some(secret_with(&["other"])))];
+    let writes = Writes {
+        children: vec![("tools", "weather")],
+        secret_missing_events: vec!["weather"],
+        ..Writes::default()
+    };
+    let (third, calls3, _) = reconcile_world(&wrong_key, &writes, fake.clone(), at(3_000)).await;
+    third.unwrap();
+    let weather = find_call(
+        &calls3,
+        "PATCH",
+        &format!("{}/weather/status", crd_list("tools")),
+    );
+    let message = weather.body["status"]["conditions"][0]["message"]
+        .as_str()
+        .unwrap();
+    assert!(
+        message.contains("Secret tenant-acme/weather-api has no key \"token\""),
+        "{message}"
+    );
+
+    // Once the key exists the Tool is Ready, without an event.
+    let mut fixed = again;
+    fixed.tool_secrets = vec![("weather-api", Some(secret_with(&["token"])))];
+    let writes = Writes {
+        children: vec![("tools", "weather")],
+        status: true,
+        ..Writes::default()
+    };
+    let (fourth, calls4, _) = reconcile_world(&fixed, &writes, fake, at(4_000)).await;
+    fourth.unwrap();
+    let weather = find_call(
+        &calls4,
+        "PATCH",
+        &format!("{}/weather/status", crd_list("tools")),
+    );
+    let ready = &weather.body["status"]["conditions"][0];
+    assert_eq!(ready["status"], "True");
+    assert_eq!(ready["reason"], reasons::COMPILED);
+    let status = status_of(&calls4);
+    let bundle_ready = condition(&status, types::BUNDLE_READY);
+    assert!(!bundle_ready.message.contains("wait for a Secret"));
+}
+
 #[tokio::test]
 async fn an_invalid_agent_says_why_and_the_rest_still_compiles() {
     let fake = Arc::new(FakeProvisioner::default());

@@ -45,6 +45,9 @@ pub(crate) struct World {
     pub credentials: Option<Value>,
     pub objects: Objects,
     pub available: i32,
+    /// Secrets in the tenant namespace that Tools reference, as the API server answers a
+    /// GET of each (`None`: 404), in name order.
+    pub tool_secrets: Vec<(&'static str, Option<Value>)>,
 }
 
 impl World {
@@ -55,6 +58,7 @@ impl World {
             credentials: None,
             objects,
             available: 1,
+            tool_secrets: Vec::new(),
         }
     }
 }
@@ -71,6 +75,8 @@ pub(crate) struct Writes {
     pub transition_event: bool,
     /// The autoscaler is applied (else deleted).
     pub hpa: bool,
+    /// Tools whose status write is followed by a `SecretMissing` Event.
+    pub secret_missing_events: Vec<&'static str>,
 }
 
 pub(crate) fn not_found() -> Reply {
@@ -103,10 +109,15 @@ pub(crate) fn apply_scenario(world: &World, writes: &Writes) -> Vec<Expect> {
             core("secrets", "agentry-runtime-credentials"),
             found(&world.credentials),
         ),
+    ];
+    for (name, secret) in &world.tool_secrets {
+        s.push(get(core("secrets", name), found(secret)));
+    }
+    s.extend([
         apply(format!("/api/v1/namespaces/{NS}")),
         apply(core("resourcequotas", "agentry-quota")),
         apply(core("limitranges", "agentry-limits")),
-    ];
+    ]);
     for policy in crate::builders::network::POLICY_NAMES {
         s.push(apply(grouped(
             "networking.k8s.io/v1",
@@ -151,6 +162,9 @@ pub(crate) fn apply_scenario(world: &World, writes: &Writes) -> Vec<Expect> {
                 extra: json!({}),
             }),
         );
+        if writes.secret_missing_events.contains(name) {
+            s.push(namespaced_event());
+        }
     }
     if writes.status {
         s.push(apply(format!("{TENANT_PATH}/status")).reply(Reply::Echo {
@@ -194,6 +208,7 @@ pub(crate) fn new_tenant_writes() -> Writes {
         status: true,
         transition_event: true,
         hpa: false,
+        secret_missing_events: Vec::new(),
     }
 }
 

@@ -1,0 +1,194 @@
+//! The operator's memory with `n` tenants: the real controller (`controller::run`: the Tenant
+//! reflector store, the metadata-only watches of every owned and tenant-namespace kind, the
+//! scheduler, one converged reconcile of every tenant) against an in-process API server that
+//! serves `n` copies of one converged tenant. RSS is read before the controller starts and
+//! once every tenant has been reconciled and the requests have stopped.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, ensure};
+use serde_json::{Map, Value, json};
+
+use crate::api::{Counts, Replica, Shared, lock};
+use crate::measure::memory_kib;
+use crate::reconcile::{TENANTS, converged_store};
+use crate::world::{Template, tenant_name};
+
+/// `fieldsV1` as the API server records ownership of `value` (maps by key, lists of named
+/// objects by name or type), so that the Tenants in the cache are as large as real ones.
+fn fields(value: &Value) -> Value {
+    match value {
+        Value::Object(map) => {
+            let mut out = Map::new();
+            for (k, v) in map {
+                out.insert(format!("f:{k}"), fields(v));
+            }
+            Value::Object(out)
+        }
+        Value::Array(items) => {
+            let mut out = Map::new();
+            for item in items {
+                let key = ["name", "type", "key"]
+                    .iter()
+                    .find_map(|k| item.get(*k).map(|v| format!("k:{{\"{k}\":{v}}}")))
+                    .unwrap_or_else(|| format!("v:{item}"));
+                let mut inner = match fields(item) {
+                    Value::Object(m) => m,
+                    _ => Map::new(),
+                };
+                inner.insert(".".to_owned(), json!({}));
+                out.insert(key, Value::Object(inner));
+            }
+            Value::Object(out)
+        }
+        _ => json!({}),
+    }
+}
+
+/// What a Tenant carries in a real cluster besides spec and status: the managed fields of
+/// whoever applied it (`kubectl` or Argo CD), of the operator's status and of its finalizer,
+/// and the last-applied copy of a client-side apply.
+fn with_managed_fields(tenant: &mut Value) {
+    let time = "2026-11-26T08:00:00Z";
+    let entry = |manager: &str, operation: &str, sub: Option<&str>, f: Value| {
+        let mut e = json!({
+            "manager": manager, "operation": operation, "apiVersion": "agentry.dev/v1alpha1",
+            "time": time, "fieldsType": "FieldsV1", "fieldsV1": f,
+        });
+        if let Some(s) = sub {
+            e["subresource"] = json!(s);
+        }
+        e
+    };
+    let spec = json!({"f:spec": fields(&tenant["spec"])});
+    let status = json!({"f:status": fields(&tenant["status"])});
+    let finalizers =
+        json!({"f:metadata": {"f:finalizers": {".": {}, "v:\"agentry.dev/cleanup\"": {}}}});
+    tenant["metadata"]["managedFields"] = json!([
+        entry("kubectl", "Apply", None, spec),
+        entry("agentry-operator", "Update", None, finalizers),
+        entry("agentry-operator", "Apply", Some("status"), status),
+    ]);
+    tenant["metadata"]["creationTimestamp"] = json!(time);
+    // A client-side `kubectl apply` (or Argo CD's default sync) keeps the whole object here.
+    let applied = json!({
+        "apiVersion": tenant["apiVersion"], "kind": tenant["kind"],
+        "metadata": {"name": tenant["metadata"]["name"]}, "spec": tenant["spec"],
+    });
+    tenant["metadata"]["annotations"] =
+        json!({"kubectl.kubernetes.io/last-applied-configuration": applied.to_string()});
+}
+
+fn mib(kib: u64) -> f64 {
+    kib as f64 / 1024.0
+}
+
+/// Runs the controller over `n` tenants and prints the memory it holds.
+pub fn run(template: &Template, n: usize) -> anyhow::Result<()> {
+    let mut store = converged_store(template)?;
+    let tenant_path = format!("{TENANTS}/{}", tenant_name(0));
+    let tenant = store
+        .objects
+        .get_mut(&tenant_path)
+        .context("tenant 0 is in the store")?;
+    with_managed_fields(tenant);
+    let tenant_bytes = serde_json::to_vec(tenant)?.len();
+    let hashes = (0..n)
+        .map(|i| {
+            agentry_crds::bundle::compile(&template.tenant(i).sources())
+                .bundle
+                .hash
+        })
+        .collect();
+    let replica = Replica::new(&store, hashes)?;
+    let objects_per_tenant = store.objects.len();
+    drop(store);
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    // The client's request buffer is a task on this runtime.
+    let _entered = runtime.enter();
+    let (ctx, shared) = crate::context(replica)?;
+    let (baseline, _) = memory_kib()?;
+    // The default of `--concurrency`.
+    let concurrency = 4;
+    let stop = tokio_util::sync::CancellationToken::new();
+    let controller = runtime.spawn(agentry_operator::controller::run(
+        ctx,
+        concurrency,
+        stop.clone().cancelled_owned(),
+    ));
+    let started = Instant::now();
+    let settled = runtime.block_on(settle(&shared, n))?;
+    let took = started.elapsed();
+    let (rss, hwm) = memory_kib()?;
+    let counts = lock(&shared).counts.clone();
+    stop.cancel();
+    runtime.block_on(async {
+        let _ = tokio::time::timeout(Duration::from_secs(10), controller).await;
+    });
+
+    println!("== memory with {n} tenants ==");
+    println!(
+        "per tenant: 1 Tenant ({tenant_bytes} bytes of JSON with managed fields) and {} other objects the watches list",
+        objects_per_tenant - 1
+    );
+    println!(
+        "controller started, listed and reconciled every tenant in {:.1} s",
+        took.as_secs_f64()
+    );
+    println!(
+        "requests: {} ({} lists, {} watches open, {} get, {} apply, {} status writes, {} events)",
+        counts.requests,
+        counts.lists,
+        counts.watches,
+        counts.gets,
+        counts.applies,
+        counts.status_writes,
+        counts.events
+    );
+    println!("tenants reconciled: {settled}");
+    println!(
+        "RSS before the controller started: {:.1} MiB",
+        mib(baseline)
+    );
+    println!("RSS with {n} tenants:             {:.1} MiB", mib(rss));
+    println!(
+        "RSS added by the tenants:          {:.1} MiB",
+        mib(rss.saturating_sub(baseline))
+    );
+    println!("peak RSS (VmHWM):                  {:.1} MiB", mib(hwm));
+    println!();
+    ensure!(
+        settled >= n,
+        "only {settled} of {n} tenants were reconciled"
+    );
+    Ok(())
+}
+
+/// Waits until every tenant has been reconciled (one namespace read each) and no request
+/// has come for two seconds; returns the number of tenants reconciled.
+async fn settle(shared: &Arc<Mutex<Shared<Replica>>>, n: usize) -> anyhow::Result<usize> {
+    let deadline = Instant::now() + Duration::from_secs(900);
+    let mut last = Counts::default();
+    let mut quiet_since = Instant::now();
+    loop {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let (counts, reconciled) = {
+            let g = lock(shared);
+            (g.counts.clone(), g.server.reconciled)
+        };
+        if counts != last {
+            last = counts;
+            quiet_since = Instant::now();
+        } else if reconciled >= n && quiet_since.elapsed() >= Duration::from_secs(2) {
+            return Ok(reconciled);
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "not settled after 15 minutes: {reconciled} of {n} reconciled"
+        );
+    }
+}
