@@ -194,7 +194,7 @@ async fn completions(
     Ok(Json(completion_body(&id, &body.model, &c.content, usage)).into_response())
 }
 
-/// One metered call of a catalog model, with its usage row.
+/// One metered call of a catalog model, with its usage record.
 async fn metered(
     state: &AppState,
     caller: &Caller,
@@ -204,9 +204,11 @@ async fn metered(
 ) -> Result<crate::llm::Completion, ApiError> {
     let bundle = caller.tenant.bundle();
     let c = meter::call(state, caller, &bundle, plan, request, on_token).await?;
-    let mut tx = state.db.begin(caller.tenant.id).await?;
-    store::record_usage(&mut tx, caller, None, &c).await?;
-    tx.commit().await?;
+    // Queued before the answer is sent; written in a batch (see billing::usage).
+    state
+        .usage
+        .record(crate::billing::UsageRow::of(caller, &c))
+        .await?;
     Ok(c)
 }
 
