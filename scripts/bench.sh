@@ -120,12 +120,12 @@ fi
 for c in $concurrencies; do
   echo "bench: concurrency $c" >&2
   run "direct-c$c" "$mock_url" "$upstream_key" "$c"
-  run "runtime-c$c" "$runtime_url" "$key" "$c"
+  run "runtime-c$c" "$runtime_url" "$key" "$c" --pid "$runtime_pid"
 done
 if [ "$stream" = 1 ]; then
   echo "bench: streaming, concurrency 1" >&2
   run "direct-stream-c1" "$mock_url" "$upstream_key" 1 --stream
-  run "runtime-stream-c1" "$runtime_url" "$key" 1 --stream
+  run "runtime-stream-c1" "$runtime_url" "$key" 1 --stream --pid "$runtime_pid"
 fi
 
 # Graceful stop: the usage writer flushes. Every 200 the runtime answered (warm-ups included)
@@ -146,7 +146,7 @@ if [ "$overload_secs" != 0 ]; then
     $(for c in $concurrencies; do echo "$out/runtime-c$c.json"; done))
   rate=$(python3 -c "print(round(1.5 * $capacity))")
   echo "bench: overload, $rate req/s for ${overload_secs}s (1.5x $capacity), max in flight $overload_max_in_flight" >&2
-  run overload "$runtime_url" "$key" 1 --rate "$rate" --duration-secs "$overload_secs"
+  run overload "$runtime_url" "$key" 1 --rate "$rate" --duration-secs "$overload_secs" --pid "$runtime_pid"
   cp "$work/runtime-overload.log" "$out/runtime-overload.log"
 fi
 
@@ -168,6 +168,16 @@ for c in cs:
     if d and t:
         print(f"{'  added by runtime':<22}{c:>5}{'':>7}{'':>5}{'':>10}"
               f"{t['p50'] - d['p50']:>9.3f}{t['p90'] - d['p90']:>9.3f}{t['p99'] - d['p99']:>9.3f}")
+    rows.append((c, load(f"runtime-c{c}")))
+print()
+print("runtime process during each run (all threads, from /proc/<pid>/task/*/schedstat):")
+print(f"{'conc':>5}{'CPU us/request':>16}{'CPU busy':>10}{'waited for CPU ms':>19}{'one-core capacity req/s':>25}")
+for c, r in rows:
+    s = r.get("server")
+    if s:
+        busy = s["cpu_ms"] / 1000 / r["seconds"]
+        print(f"{c:>5}{s['cpu_us_per_request']:>16.1f}{busy:>10.0%}{s['runqueue_wait_ms']:>19.0f}"
+              f"{1e6 / max(s['cpu_us_per_request'], 1e-9):>25.0f}")
 try:
     d, t = load("direct-stream-c1"), load("runtime-stream-c1")
     print()

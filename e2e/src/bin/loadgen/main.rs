@@ -13,6 +13,7 @@
 //! so memory is too).
 
 mod open_loop;
+mod server_cpu;
 mod ws_idle;
 
 use std::sync::Arc;
@@ -65,7 +66,8 @@ struct Args {
     /// Idle WebSockets: how many to open on `/ws/chat` (the URL's host, `--key` as bearer).
     #[arg(long)]
     ws_idle: Option<usize>,
-    /// Idle WebSockets: process whose resident memory is read from /proc (the server).
+    /// The server's process: idle WebSockets read its resident memory; the other modes report
+    /// its CPU time per request and how long it waited for a CPU (from /proc).
     #[arg(long)]
     pid: Option<u32>,
 }
@@ -117,16 +119,25 @@ async fn main() -> anyhow::Result<()> {
     }
     if let Some(rate) = args.rate {
         run(&target, 4, args.warmup).await?;
+        let before = args.pid.map(server_cpu::sample).transpose()?;
         let mut report = open_loop::run(&target, rate, args.duration_secs, args.max_open).await?;
         report["label"] = json!(args.label);
+        if let (Some(before), Some(after)) = (before, args.pid.map(server_cpu::sample).transpose()?)
+        {
+            let answered =
+                report["ok"].as_u64().unwrap_or(0) + report["shed"].as_u64().unwrap_or(0);
+            report["server"] = server_cpu::report(before, after, answered as usize);
+        }
         println!("{report}");
         return Ok(());
     }
 
     let (warmed, _) = run(&target, args.concurrency, args.warmup).await?;
+    let sched_before = args.pid.map(server_cpu::sample).transpose()?;
     let started = Instant::now();
     let (samples, errors) = run(&target, args.concurrency, args.requests).await?;
     let elapsed = started.elapsed();
+    let sched_after = args.pid.map(server_cpu::sample).transpose()?;
 
     let mut totals: Vec<u64> = samples.iter().map(|s| s.total).collect();
     let mut firsts: Vec<u64> = samples.iter().map(|s| s.first).collect();
@@ -145,6 +156,9 @@ async fn main() -> anyhow::Result<()> {
     });
     if args.stream {
         report["ttft_ms"] = summary(&mut firsts);
+    }
+    if let (Some(before), Some(after)) = (sched_before, sched_after) {
+        report["server"] = server_cpu::report(before, after, samples.len());
     }
     println!("{report}");
     Ok(())

@@ -28,7 +28,7 @@ pub async fn run(base: &str, key: &str, n: usize, pid: u32) -> anyhow::Result<Va
         .next()
         .unwrap_or_default();
     let url = format!("ws://{host}/ws/chat");
-    let before = rss_kib(pid)?;
+    let before = super::server_cpu::rss_kib(pid)?;
     let open = Arc::new(AtomicU64::new(0));
     let closed_early = Arc::new(AtomicU64::new(0));
     let connecting = Arc::new(Semaphore::new(CONNECTING));
@@ -57,7 +57,7 @@ pub async fn run(base: &str, key: &str, n: usize, pid: u32) -> anyhow::Result<Va
     }
     let connect_seconds = started.elapsed().as_secs_f64();
     tokio::time::sleep(SETTLE).await;
-    let after = rss_kib(pid)?;
+    let after = super::server_cpu::rss_kib(pid)?;
     let still_open = open.load(Ordering::SeqCst) - closed_early.load(Ordering::SeqCst);
     let _ = stop_tx.send(true);
     readers.shutdown().await;
@@ -106,15 +106,4 @@ fn keep(
         }
     });
     Ok(())
-}
-
-/// `VmRSS` of process `pid`, in KiB.
-fn rss_kib(pid: u32) -> anyhow::Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .with_context(|| format!("reading /proc/{pid}/status"))?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .context("no VmRSS line")
 }
