@@ -2,6 +2,11 @@
 //! written within the flush interval with their events, everything queued is written on
 //! close, a full queue makes callers wait instead of dropping, and no record is lost.
 
+#![expect(
+    clippy::unwrap_used,
+    reason = "test helpers outside #[test] functions fail the test on a broken fixture"
+)]
+
 mod limits_support;
 
 use std::sync::Arc;
