@@ -7,8 +7,18 @@
 # (PostgreSQL and NATS are not pinned). Prints a table; raw JSON goes to target/bench/.
 # Loopback only; every run is a bounded request count, so the whole script ends by itself.
 #
+# It also measures the server's resident memory per idle `/ws/chat` socket (first, on the fresh
+# process); then stops the runtime gracefully and checks that every answered request left its
+# usage row (batched writer flushed on shutdown); last, restarts it with a small shedding cap
+# and runs an overload: an open-loop run at 1.5x the best throughput measured above, reporting
+# admitted latency, how many requests were shed (503) and how fast.
+#
 # Knobs: BENCH_REQUESTS (default 5000 per run), BENCH_CONCURRENCY ("1 16 64"),
-# BENCH_STREAM (1: also measure SSE time to first token), CARGO_TARGET_DIR.
+# BENCH_STREAM (1: also measure SSE time to first token), BENCH_WS_SOCKETS (10000; 0 skips),
+# BENCH_NICE (-15: the nice value of the benchmark's processes; 0 leaves it),
+# BENCH_OVERLOAD_SECS (5; 0 skips), BENCH_MAX_IN_FLIGHT (the runtime's shedding cap for the
+# closed-loop runs, 1024), BENCH_OVERLOAD_MAX_IN_FLIGHT (the cap for the overload run, 16),
+# CARGO_TARGET_DIR.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -17,8 +27,15 @@ out="$target_dir/bench"
 requests="${BENCH_REQUESTS:-5000}"
 concurrencies="${BENCH_CONCURRENCY:-1 16 64}"
 stream="${BENCH_STREAM:-1}"
+ws_sockets="${BENCH_WS_SOCKETS:-10000}"
+overload_secs="${BENCH_OVERLOAD_SECS:-5}"
+max_in_flight="${BENCH_MAX_IN_FLIGHT:-1024}"
+overload_max_in_flight="${BENCH_OVERLOAD_MAX_IN_FLIGHT:-16}"
 pg="${AGENTRY_E2E_POSTGRES:-postgres://postgres@127.0.0.1:5432}"
 mkdir -p "$out"
+rm -f "$out"/*.json
+# Thousands of sockets on each side of the WebSocket run.
+ulimit -n "$(ulimit -Hn)"
 
 echo "bench: building release binaries" >&2
 cargo build -q --release -p agentry-runtime -p agentry-e2e
@@ -32,6 +49,23 @@ else
   pin_runtime=()
   pin_load=()
 fi
+# On a machine shared with other work, the benchmark's processes get a higher CPU weight (a
+# lower nice value; needs root or CAP_SYS_NICE, skipped otherwise) so that the figures are the
+# code's rather than the neighbours'. With autogroup scheduling (Linux's default for desktop
+# and many server kernels) a nice value only counts within its session, so the session's
+# autogroup is reniced too, and put back on exit. The runs are bounded: neighbours wait seconds.
+nice_value="${BENCH_NICE:--15}"
+autogroup_before=""
+if [ "$nice_value" != 0 ] && nice -n "$nice_value" true 2>/dev/null; then
+  pin_runtime=(nice -n "$nice_value" "${pin_runtime[@]}")
+  pin_load=(nice -n "$nice_value" "${pin_load[@]}")
+  if [ -w /proc/self/autogroup ]; then
+    autogroup_before=$(sed -E 's/.* nice (-?[0-9]+).*/\1/' /proc/self/autogroup)
+    echo "$nice_value" >/proc/$$/autogroup 2>/dev/null || autogroup_before=""
+  fi
+else
+  echo "bench: running at normal priority" >&2
+fi
 
 suffix=$(head -c 6 /dev/urandom | od -An -tx1 | tr -d ' \n')
 database="agentry_bench_$suffix"
@@ -39,6 +73,7 @@ role="agentry_bench_$suffix"
 work=$(mktemp -d)
 pids=()
 cleanup() {
+  if [ -n "$autogroup_before" ]; then echo "$autogroup_before" >/proc/$$/autogroup 2>/dev/null || true; fi
   for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
   for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
   psql -q "$pg/postgres" -c "drop database if exists $database with (force)" >/dev/null 2>&1 || true
@@ -67,18 +102,24 @@ mock_url=$(wait_line "$work/mock.log" "listening on" "${pids[-1]}" | sed -E 's/.
 mkdir -p "$work/manifests" "$work/state"
 sed "s|@MOCK_BASE_URL@|$mock_url|" e2e/bench/manifests/bench.yaml.tmpl >"$work/manifests/bench.yaml"
 
-AGENTRY_DATABASE_URL="$pg/$database" AGENTRY_DEV_ROLE="$role" AGENTRY_STATE_DIR="$work/state" \
-  AGENTRY_PROVIDER_MOCK_API_KEY="$upstream_key" RUST_LOG="${BENCH_RUST_LOG:-info}" \
-  "${pin_runtime[@]}" "$bin/agentry-runtime" dev --manifests "$work/manifests" \
-  --listen 127.0.0.1:0 --log-json >"$work/runtime.log" 2>&1 &
-pids+=($!)
-address=$(wait_line "$work/runtime.log" '"message":"serving"' "${pids[-1]}" | sed -E 's/.*"address":"([^"]+)".*/\1/')
-runtime_url="http://$address/v1"
+# Starts the runtime (log file $1, shedding cap $2) and sets runtime_pid, address, runtime_url.
+start_runtime() {
+  AGENTRY_DATABASE_URL="$pg/$database" AGENTRY_DEV_ROLE="$role" AGENTRY_STATE_DIR="$work/state" \
+    AGENTRY_PROVIDER_MOCK_API_KEY="$upstream_key" RUST_LOG="${BENCH_RUST_LOG:-info}" \
+    AGENTRY_MAX_IN_FLIGHT="$2" \
+    "${pin_runtime[@]}" "$bin/agentry-runtime" dev --manifests "$work/manifests" \
+    --listen 127.0.0.1:0 --log-json >"$1" 2>&1 &
+  runtime_pid=$!
+  pids+=("$runtime_pid")
+  address=$(wait_line "$1" '"message":"serving"' "$runtime_pid" | sed -E 's/.*"address":"([^"]+)".*/\1/')
+  runtime_url="http://$address/v1"
+  for _ in $(seq 1 100); do
+    curl -fsS "http://$address/readyz" >/dev/null 2>&1 && break
+    sleep 0.1
+  done
+}
+start_runtime "$work/runtime.log" "$max_in_flight"
 key=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["bench"]["key"])' "$work/state/keys.json")
-for _ in $(seq 1 100); do
-  curl -fsS "http://$address/readyz" >/dev/null 2>&1 && break
-  sleep 0.1
-done
 
 # One loadgen run: label, url, key ("" for none), concurrency, extra args.
 run() {
@@ -89,17 +130,44 @@ run() {
   "${pin_load[@]}" "$bin/loadgen" "${args[@]}" "$@" >"$out/$label.json"
 }
 
+if [ "$ws_sockets" -gt 0 ]; then
+  echo "bench: $ws_sockets idle WebSockets" >&2
+  "${pin_load[@]}" "$bin/loadgen" --url "$runtime_url" --key "$key" --ws-idle "$ws_sockets" \
+    --pid "$runtime_pid" --label ws-idle >"$out/ws-idle.json"
+fi
+
 for c in $concurrencies; do
   echo "bench: concurrency $c" >&2
   run "direct-c$c" "$mock_url" "$upstream_key" "$c"
-  run "runtime-c$c" "$runtime_url" "$key" "$c"
+  run "runtime-c$c" "$runtime_url" "$key" "$c" --pid "$runtime_pid"
 done
 if [ "$stream" = 1 ]; then
   echo "bench: streaming, concurrency 1" >&2
   run "direct-stream-c1" "$mock_url" "$upstream_key" 1 --stream
-  run "runtime-stream-c1" "$runtime_url" "$key" 1 --stream
+  run "runtime-stream-c1" "$runtime_url" "$key" 1 --stream --pid "$runtime_pid"
 fi
+
+# Graceful stop: the usage writer flushes. Every 200 the runtime answered (warm-ups included)
+# must have left exactly one usage row.
+kill -TERM "$runtime_pid"
+wait "$runtime_pid" || true
 cp "$work/runtime.log" "$out/runtime.log"
+answered=$(python3 -c 'import json,sys; print(sum(json.load(open(f))["ok"] + json.load(open(f)).get("warmup_ok", 0) for f in sys.argv[1:]))' \
+  "$out"/runtime-*.json)
+rows=$(psql -tAq "$pg/$database" -c "select count(*) from agentry.usage_records")
+echo "{\"answered\": $answered, \"usage_rows\": $rows}" >"$out/usage-check.json"
+
+if [ "$overload_secs" != 0 ]; then
+  # The shedding cap for this run: past it a request is answered 503 before any work.
+  start_runtime "$work/runtime-overload.log" "$overload_max_in_flight"
+  # 1.5x the best closed-loop throughput through the runtime, as a fixed arrival rate.
+  capacity=$(python3 -c 'import json,sys; print(max(json.load(open(f)).get("rps", 0) for f in sys.argv[1:]))' \
+    $(for c in $concurrencies; do echo "$out/runtime-c$c.json"; done))
+  rate=$(python3 -c "print(round(1.5 * $capacity))")
+  echo "bench: overload, $rate req/s for ${overload_secs}s (1.5x $capacity), max in flight $overload_max_in_flight" >&2
+  run overload "$runtime_url" "$key" 1 --rate "$rate" --duration-secs "$overload_secs" --pid "$runtime_pid"
+  cp "$work/runtime-overload.log" "$out/runtime-overload.log"
+fi
 
 python3 - "$out" $concurrencies <<'EOF'
 import json, sys
@@ -119,6 +187,16 @@ for c in cs:
     if d and t:
         print(f"{'  added by runtime':<22}{c:>5}{'':>7}{'':>5}{'':>10}"
               f"{t['p50'] - d['p50']:>9.3f}{t['p90'] - d['p90']:>9.3f}{t['p99'] - d['p99']:>9.3f}")
+    rows.append((c, load(f"runtime-c{c}")))
+print()
+print("runtime process during each run (all threads, from /proc/<pid>/task/*/schedstat):")
+print(f"{'conc':>5}{'CPU us/request':>16}{'CPU busy':>10}{'waited for CPU ms':>19}{'one-core capacity req/s':>25}")
+for c, r in rows:
+    s = r.get("server")
+    if s:
+        busy = s["cpu_ms"] / 1000 / r["seconds"]
+        print(f"{c:>5}{s['cpu_us_per_request']:>16.1f}{busy:>10.0%}{s['runqueue_wait_ms']:>19.0f}"
+              f"{1e6 / max(s['cpu_us_per_request'], 1e-9):>25.0f}")
 try:
     d, t = load("direct-stream-c1"), load("runtime-stream-c1")
     print()
@@ -129,6 +207,31 @@ try:
     if d["ttft_ms"] and t["ttft_ms"]:
         print(f"{'added by runtime':<22}" + "".join(
             f"{t['ttft_ms'][p] - d['ttft_ms'][p]:>9.3f}" for p in ("p50", "p90", "p99")))
+except FileNotFoundError:
+    pass
+try:
+    w = load("ws-idle")
+    print()
+    print(f"idle WebSockets: {w['open_at_measurement']} of {w['sockets']} open, RSS "
+          f"{w['rss_before_kib']} -> {w['rss_after_kib']} KiB: {w['rss_per_socket_kib']:.1f} KiB per socket")
+except FileNotFoundError:
+    pass
+try:
+    u = load("usage-check")
+    print()
+    verdict = "ok" if u["answered"] == u["usage_rows"] else "MISMATCH"
+    print(f"usage rows after graceful stop: {u['usage_rows']} for {u['answered']} answered requests ({verdict})")
+except FileNotFoundError:
+    pass
+try:
+    o = load("overload")
+    l, s = o["latency_ms"] or {}, o["shed_latency_ms"] or {}
+    print()
+    print(f"overload: offered {o['offered_rps']:.0f} req/s (sent {o['sent_rps']:.0f}) for {o['seconds']:.1f}s: "
+          f"{o['ok']} ok ({o['ok_rps']:.0f} req/s), {o['shed']} shed, {o['errors']} errors, {o['not_sent']} not sent")
+    print(f"{'':<22}{'p50 ms':>9}{'p90 ms':>9}{'p99 ms':>9}{'max ms':>9}")
+    for name, r in (("admitted", l), ("shed (503/429)", s)):
+        print(f"{name:<22}{r.get('p50', 0):>9.3f}{r.get('p90', 0):>9.3f}{r.get('p99', 0):>9.3f}{r.get('max', 0):>9.3f}")
 except FileNotFoundError:
     pass
 EOF

@@ -56,6 +56,10 @@ pub struct CommonArgs {
     /// Seconds without any frame from a WebSocket client (pongs included) before it is closed.
     #[arg(long, env = "AGENTRY_WS_IDLE_TIMEOUT_SECONDS", default_value_t = 60)]
     pub ws_idle_timeout_seconds: u64,
+    /// Most API requests in progress at once; past it a request is answered 503 `overloaded`
+    /// at once instead of queueing (0: no cap). See docs/limits.md.
+    #[arg(long, env = "AGENTRY_MAX_IN_FLIGHT", default_value_t = 1024)]
+    pub max_in_flight: usize,
     /// Largest request body in bytes.
     #[arg(long, env = "AGENTRY_MAX_BODY_BYTES", default_value_t = 1024 * 1024)]
     pub max_body_bytes: usize,
@@ -65,6 +69,24 @@ pub struct CommonArgs {
     /// Name of this replica (budget leases, logs). Defaults to the host name.
     #[arg(long, env = "AGENTRY_REPLICA_ID")]
     pub replica_id: Option<String>,
+    /// Longest a usage record waits in memory before it is written, in milliseconds: the
+    /// most usage a crash can lose (docs/limits.md).
+    #[arg(long, env = "AGENTRY_USAGE_FLUSH_MS", default_value_t = 50)]
+    pub usage_flush_ms: u64,
+    /// Most usage records queued for writing; past it, requests wait for room.
+    #[arg(long, env = "AGENTRY_USAGE_QUEUE", default_value_t = 8192)]
+    pub usage_queue: usize,
+}
+
+impl CommonArgs {
+    /// Tuning of the usage writer.
+    pub fn usage_config(&self) -> crate::billing::UsageConfig {
+        crate::billing::UsageConfig {
+            flush_interval: std::time::Duration::from_millis(self.usage_flush_ms.max(1)),
+            queue: self.usage_queue.max(1),
+            ..crate::billing::UsageConfig::default()
+        }
+    }
 }
 
 /// `serve`.

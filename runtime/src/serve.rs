@@ -5,11 +5,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
+use axum::serve::ListenerExt as _;
 use sqlx::postgres::PgPoolOptions;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::billing::Budgets;
+use crate::billing::{Budgets, UsageWriter};
 use crate::bundles::{FileSource, TenantRegistry};
 use crate::cli::{CommonArgs, MigrateArgs, ServeArgs};
 use crate::db::{Db, RoleMode};
@@ -112,6 +113,7 @@ impl Runtime {
         let replica = common.replica_id.clone().unwrap_or_else(default_replica_id);
         let metrics = Arc::new(Metrics::new());
         let budgets = Arc::new(Budgets::new(db.clone(), replica));
+        let usage = UsageWriter::spawn(db.clone(), common.usage_config());
         let llm = Arc::new(
             LlmGateway::new(http.clone(), LlmConfig::from_env(dev_mode))
                 .with_metrics(metrics.clone()),
@@ -130,6 +132,7 @@ impl Runtime {
             auth: Authenticator::new(db.clone(), http.clone()),
             limiter: Limiter::new(common.rate_limit_shards),
             budgets,
+            usage,
             metrics,
             llm,
             tools,
@@ -167,8 +170,16 @@ impl Runtime {
                 idle_timeout: Duration::from_secs(common.ws_idle_timeout_seconds.max(1)),
                 ..crate::realtime::RealtimeConfig::default()
             },
+            max_in_flight: common.max_in_flight,
         };
         let shutdown = self.state.shutdown.clone();
+        // Without TCP_NODELAY a small write (an SSE chunk after the headers) waits for the
+        // peer's delayed ACK: about 40 ms on Linux.
+        let listener = listener.tap_io(|tcp| {
+            if let Err(e) = tcp.set_nodelay(true) {
+                tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+            }
+        });
         let server = axum::serve(listener, app(self.state.clone(), config))
             .with_graceful_shutdown(shutdown.clone().cancelled_owned());
         let grace = Duration::from_secs(common.shutdown_grace_seconds);
@@ -186,6 +197,8 @@ impl Runtime {
                 tracing::error!(error = %e, "background task failed");
             }
         }
+        // After the server: every answered request has queued its usage record by now.
+        self.state.usage.close().await;
         self.state.budgets.flush().await;
         tracing::info!("stopped");
         Ok(())

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::billing::Budgets;
+use crate::billing::{Budgets, UsageWriter};
 use crate::bundles::TenantRegistry;
 use crate::db::Db;
 use crate::gateway::auth::Authenticator;
@@ -31,6 +31,8 @@ pub struct Shared {
     pub limiter: Limiter,
     /// Budgets.
     pub budgets: Arc<Budgets>,
+    /// Usage records of catalog-model calls, written in batches off the request path.
+    pub usage: UsageWriter,
     /// Metrics.
     pub metrics: Arc<Metrics>,
     /// NATS connection (events, realtime fan-out).

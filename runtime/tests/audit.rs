@@ -38,6 +38,7 @@ fn state(db: &Db, tenants: Arc<agentry_runtime::bundles::TenantRegistry>) -> App
         auth: Authenticator::new(db.clone(), http.clone()),
         limiter: Limiter::new(4),
         budgets: Arc::new(Budgets::new(db.clone(), "test".to_owned())),
+        usage: agentry_runtime::billing::UsageWriter::spawn(db.clone(), Default::default()),
         metrics: Arc::new(Metrics::new()),
         llm: Arc::new(agentry_runtime::llm::LlmGateway::new(
             http.clone(),

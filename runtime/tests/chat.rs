@@ -63,6 +63,7 @@ async fn order_server(orders: Orders) -> SocketAddr {
 struct Setup {
     h: Harness,
     app: Router,
+    state: agentry_runtime::state::AppState,
     acme: String,
     globex: String,
 }
@@ -100,12 +101,13 @@ async fn setup_with(
     tweak(acme);
     acme.hash = acme.content_hash();
     let db = h.shared_db().await;
-    let (app, _state) = h.app(db, &["acme", "globex"], true);
+    let (app, state) = h.app(db, &["acme", "globex"], true);
     let (_, acme) = h.insert_key("acme", &["chat"]).await;
     let (_, globex) = h.insert_key("globex", &["chat"]).await;
     Setup {
         h,
         app,
+        state,
         acme,
         globex,
     }
@@ -157,7 +159,9 @@ impl Setup {
         .await
     }
 
+    /// Counts rows after the usage records queued so far are written.
     async fn count(&self, sql: &str) -> i64 {
+        self.state.usage.flush().await;
         sqlx::query_scalar(sqlx::AssertSqlSafe(sql.to_owned()))
             .fetch_one(&self.h.admin)
             .await

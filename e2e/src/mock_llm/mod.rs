@@ -130,6 +130,9 @@ impl MockLlm {
             .route("/v1/models", get(models))
             .with_state(shared.clone());
         let task = tokio::spawn(async move {
+            let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+                let _ = tcp.set_nodelay(true);
+            });
             let _ = axum::serve(listener, app).await;
         });
         Ok(Self { addr, shared, task })

@@ -2,5 +2,7 @@
 
 pub mod budget;
 mod ledger;
+pub mod usage;
 
 pub use budget::{BudgetConfig, Budgets, Reservation};
+pub use usage::{UsageConfig, UsageRow, UsageWriter};

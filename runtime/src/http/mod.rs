@@ -6,6 +6,7 @@ mod docs;
 mod health;
 pub mod json;
 mod observe;
+pub mod shed;
 
 use std::time::Duration;
 
@@ -38,6 +39,8 @@ pub struct HttpConfig {
     pub max_body_bytes: usize,
     /// WebSocket limits (`/ws/chat`).
     pub realtime: crate::realtime::RealtimeConfig,
+    /// Most API requests in progress at once; past it requests are shed with 503 (0: no cap).
+    pub max_in_flight: usize,
 }
 
 impl Default for HttpConfig {
@@ -46,6 +49,7 @@ impl Default for HttpConfig {
             request_timeout: Duration::from_secs(60),
             max_body_bytes: 1024 * 1024,
             realtime: crate::realtime::RealtimeConfig::default(),
+            max_in_flight: 0,
         }
     }
 }
@@ -60,6 +64,18 @@ struct ApiDoc;
 
 /// The authenticated API (`/api/v1/...`), with its OpenAPI description.
 pub fn api_router(state: &AppState, config: HttpConfig) -> OpenApiRouter<AppState> {
+    let router = authenticated_routes(state, config);
+    if config.max_in_flight == 0 {
+        return router;
+    }
+    // Outermost: a shed request costs neither authentication nor a timer.
+    router.layer(axum::middleware::from_fn_with_state(
+        (shed::Admission::new(config.max_in_flight), state.clone()),
+        shed::admit,
+    ))
+}
+
+fn authenticated_routes(state: &AppState, config: HttpConfig) -> OpenApiRouter<AppState> {
     let timeout = ServiceBuilder::new()
         .layer(HandleErrorLayer::new(|_: tower::BoxError| async {
             ApiError::new(

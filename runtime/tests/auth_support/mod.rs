@@ -163,6 +163,7 @@ impl Harness {
             auth: Authenticator::new(db.clone(), http.clone()),
             limiter: Limiter::new(1),
             budgets: Arc::new(Budgets::new(db.clone(), format!("test-{}", Uuid::new_v4()))),
+            usage: agentry_runtime::billing::UsageWriter::spawn(db.clone(), Default::default()),
             metrics: Arc::new(Metrics::new()),
             llm: Arc::new(agentry_runtime::llm::LlmGateway::new(
                 http.clone(),

@@ -179,9 +179,11 @@ async fn metered(
 ) -> Result<crate::llm::Completion, ApiError> {
     let bundle = caller.tenant.bundle();
     let c = meter::call(state, caller, &bundle, plan, request, on_token).await?;
-    let mut tx = state.db.begin(caller.tenant.id).await?;
-    store::record_usage(&mut tx, caller, None, &c).await?;
-    tx.commit().await?;
+    // Queued before the answer is sent; written in a batch (see billing::usage).
+    state
+        .usage
+        .record(crate::billing::UsageRow::of(caller, &c))
+        .await?;
     Ok(c)
 }
 

@@ -1,10 +1,20 @@
-//! Closed-loop load generator for `POST /v1/chat/completions` (scripts/bench.sh):
-//! `loadgen --url http://127.0.0.1:8080/v1 --key KEY --model fast --concurrency 16 --requests 20000`.
+//! Load generator for `POST /v1/chat/completions` and `/ws/chat` (scripts/bench.sh). Three modes:
 //!
-//! Each of `--concurrency` workers sends its next request as soon as the previous one is answered,
-//! until `--requests` have been sent in all. Latency is measured per request (for `--stream`, to the
-//! first `data:` chunk and to the end of the stream) and printed as one JSON object with exact
-//! percentiles (every sample is kept: a run is bounded, so memory is too).
+//! - closed loop (default): `loadgen --url http://127.0.0.1:8080/v1 --key KEY --concurrency 16
+//!   --requests 20000`. Each of `--concurrency` workers sends its next request as soon as the
+//!   previous one is answered, until `--requests` have been sent in all. Latency is measured per
+//!   request (for `--stream`, to the first `data:` chunk and to the end of the stream).
+//! - open loop (`--rate R --duration-secs S`): requests start on a fixed schedule whatever the
+//!   answers, to drive a server past its capacity; reports admitted and shed answers apart.
+//! - idle WebSockets (`--ws-idle N --pid PID`): opens N authenticated `/ws/chat` sockets, keeps
+//!   them idle (answering pings) and reports the server's resident memory before and after.
+//!
+//! Each prints one JSON object with exact percentiles (every sample is kept: a run is bounded,
+//! so memory is too).
+
+mod open_loop;
+mod server_cpu;
+mod ws_idle;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -43,6 +53,23 @@ struct Args {
     /// Label copied into the output.
     #[arg(long, default_value = "")]
     label: String,
+    /// Open loop: requests started per second, on a fixed schedule.
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Open loop: how long to send, in seconds.
+    #[arg(long, default_value_t = 5.0)]
+    duration_secs: f64,
+    /// Open loop: most requests this client keeps open; a request due beyond it is not sent
+    /// (and counted as such), so that an unshed overload cannot exhaust file descriptors.
+    #[arg(long, default_value_t = 4096)]
+    max_open: usize,
+    /// Idle WebSockets: how many to open on `/ws/chat` (the URL's host, `--key` as bearer).
+    #[arg(long)]
+    ws_idle: Option<usize>,
+    /// The server's process: idle WebSockets read its resident memory; the other modes report
+    /// its CPU time per request and how long it waited for a CPU (from /proc).
+    #[arg(long)]
+    pid: Option<u32>,
 }
 
 /// One request's timings, in microseconds.
@@ -60,7 +87,11 @@ async fn main() -> anyhow::Result<()> {
         bail!("--concurrency must be at least 1");
     }
     let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(usize::try_from(args.concurrency).unwrap_or(usize::MAX))
+        .pool_max_idle_per_host(if args.rate.is_some() {
+            args.max_open
+        } else {
+            usize::try_from(args.concurrency).unwrap_or(usize::MAX)
+        })
         .tcp_nodelay(true)
         .build()?;
     let target = Arc::new(Target {
@@ -76,10 +107,37 @@ async fn main() -> anyhow::Result<()> {
         stream: args.stream,
     });
 
-    run(&target, args.concurrency, args.warmup).await?;
+    if let Some(n) = args.ws_idle {
+        let pid = args
+            .pid
+            .context("--ws-idle needs --pid (the server's process)")?;
+        let key = args.key.clone().context("--ws-idle needs --key")?;
+        let mut report = ws_idle::run(&args.url, &key, n, pid).await?;
+        report["label"] = json!(args.label);
+        println!("{report}");
+        return Ok(());
+    }
+    if let Some(rate) = args.rate {
+        run(&target, 4, args.warmup).await?;
+        let before = args.pid.map(server_cpu::sample).transpose()?;
+        let mut report = open_loop::run(&target, rate, args.duration_secs, args.max_open).await?;
+        report["label"] = json!(args.label);
+        if let (Some(before), Some(after)) = (before, args.pid.map(server_cpu::sample).transpose()?)
+        {
+            let answered =
+                report["ok"].as_u64().unwrap_or(0) + report["shed"].as_u64().unwrap_or(0);
+            report["server"] = server_cpu::report(before, after, answered as usize);
+        }
+        println!("{report}");
+        return Ok(());
+    }
+
+    let (warmed, _) = run(&target, args.concurrency, args.warmup).await?;
+    let sched_before = args.pid.map(server_cpu::sample).transpose()?;
     let started = Instant::now();
     let (samples, errors) = run(&target, args.concurrency, args.requests).await?;
     let elapsed = started.elapsed();
+    let sched_after = args.pid.map(server_cpu::sample).transpose()?;
 
     let mut totals: Vec<u64> = samples.iter().map(|s| s.total).collect();
     let mut firsts: Vec<u64> = samples.iter().map(|s| s.first).collect();
@@ -90,6 +148,7 @@ async fn main() -> anyhow::Result<()> {
         "concurrency": args.concurrency,
         "requests": args.requests,
         "ok": samples.len(),
+        "warmup_ok": warmed.len(),
         "errors": errors,
         "seconds": elapsed.as_secs_f64(),
         "rps": samples.len() as f64 / elapsed.as_secs_f64().max(f64::EPSILON),
@@ -98,16 +157,19 @@ async fn main() -> anyhow::Result<()> {
     if args.stream {
         report["ttft_ms"] = summary(&mut firsts);
     }
+    if let (Some(before), Some(after)) = (sched_before, sched_after) {
+        report["server"] = server_cpu::report(before, after, samples.len());
+    }
     println!("{report}");
     Ok(())
 }
 
-struct Target {
-    client: reqwest::Client,
-    endpoint: String,
-    key: Option<String>,
-    body: Vec<u8>,
-    stream: bool,
+pub(crate) struct Target {
+    pub(crate) client: reqwest::Client,
+    pub(crate) endpoint: String,
+    pub(crate) key: Option<String>,
+    pub(crate) body: Vec<u8>,
+    pub(crate) stream: bool,
 }
 
 /// Sends `requests` requests over `concurrency` workers; returns the samples and the error count.
@@ -195,12 +257,12 @@ async fn one(target: &Target) -> anyhow::Result<Sample> {
     })
 }
 
-fn micros(d: Duration) -> u64 {
+pub(crate) fn micros(d: Duration) -> u64 {
     u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
 }
 
 /// p50/p90/p99/max/mean in milliseconds (nearest-rank percentiles).
-fn summary(samples: &mut [u64]) -> Value {
+pub(crate) fn summary(samples: &mut [u64]) -> Value {
     if samples.is_empty() {
         return Value::Null;
     }

@@ -1,0 +1,369 @@
+//! Usage records written in batches, off the request path.
+//!
+//! A model call that is not part of a conversation (`POST /v1/chat/completions` on a catalog
+//! model) hands its usage record to [`UsageWriter::record`] before its answer is sent. A
+//! background task groups the records by tenant and writes each group (the `usage_records`
+//! rows, their `usage.recorded` events and outbox entries) in one transaction, at most
+//! [`UsageConfig::flush_interval`] after the first record of a batch arrived, or sooner when
+//! [`UsageConfig::max_batch`] records are waiting.
+//!
+//! Guarantees (docs/limits.md): a record handed over is written unless the process dies, and
+//! then what is lost is at most the records of the last flush interval (plus one write). When
+//! the queue is full, `record` waits for room (backpressure) rather than drop. When a write
+//! fails the batch is retried, holding the queue, so requests slow down instead of losing
+//! records. On shutdown [`UsageWriter::close`] writes whatever is queued; a record handed over
+//! after that is written directly.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde_json::{Value, json};
+use tokio::sync::{mpsc, oneshot};
+use uuid::Uuid;
+
+use crate::db::{Db, DbError};
+use crate::gateway::{Caller, Principal};
+use crate::llm::Completion;
+use crate::tenancy::TenantId;
+
+/// Tuning of the usage writer.
+#[derive(Debug, Clone, Copy)]
+pub struct UsageConfig {
+    /// Longest a record waits in memory before its batch is written: the most a crash loses.
+    pub flush_interval: Duration,
+    /// Most records written in one batch.
+    pub max_batch: usize,
+    /// Most records queued; past it, `record` waits.
+    pub queue: usize,
+}
+
+impl Default for UsageConfig {
+    fn default() -> Self {
+        Self {
+            flush_interval: Duration::from_millis(50),
+            max_batch: 1024,
+            queue: 8192,
+        }
+    }
+}
+
+/// One model call's usage, as stored in `agentry.usage_records` with its event.
+#[derive(Debug, Clone)]
+pub struct UsageRow {
+    /// Tenant.
+    pub tenant: TenantId,
+    /// Row id (also named by the event).
+    pub id: Uuid,
+    /// API key of the caller, when it is one.
+    pub key_id: Option<Uuid>,
+    /// End user of the caller, when it is one.
+    pub user_id: Option<String>,
+    /// `key:<id>` or `user:<sub>`.
+    pub actor: String,
+    /// Catalog model that answered.
+    pub model: String,
+    /// Provider that served it.
+    pub provider: String,
+    /// Prompt tokens.
+    pub tokens_in: u32,
+    /// Completion tokens.
+    pub tokens_out: u32,
+    /// Whether the tokens are an estimate.
+    pub estimated: bool,
+    /// Cost in micro-dollars.
+    pub cost_micros: i64,
+    /// When the call finished.
+    pub at: DateTime<Utc>,
+    /// Trace context of the request, carried to the event.
+    pub traceparent: Option<String>,
+}
+
+impl UsageRow {
+    /// The record of completion `c` made for `caller`.
+    pub fn of(caller: &Caller, c: &Completion) -> Self {
+        Self {
+            tenant: caller.tenant.id,
+            id: Uuid::now_v7(),
+            key_id: match &caller.principal {
+                Principal::ApiKey { id } => Some(*id),
+                Principal::User { .. } => None,
+            },
+            user_id: caller.user_id().map(str::to_owned),
+            actor: caller.actor(),
+            model: c.model.clone(),
+            provider: c.provider.clone(),
+            tokens_in: c.usage.input_tokens,
+            tokens_out: c.usage.output_tokens,
+            estimated: c.usage_estimated,
+            cost_micros: c.cost_micros,
+            at: Utc::now(),
+            traceparent: crate::telemetry::current_traceparent(),
+        }
+    }
+
+    fn event_data(&self) -> Value {
+        json!({
+            "id": self.id, "source": "chat", "conversationId": null, "model": self.model,
+            "provider": self.provider, "inputTokens": self.tokens_in,
+            "outputTokens": self.tokens_out, "estimated": self.estimated,
+            "costMicros": self.cost_micros,
+        })
+    }
+}
+
+enum Command {
+    Record(UsageRow),
+    /// Answered once every record queued before it is written.
+    Flush(oneshot::Sender<()>),
+    /// Write what is queued, refuse new records, stop.
+    Close(oneshot::Sender<()>),
+}
+
+impl std::fmt::Debug for Command {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Record(r) => f.debug_tuple("Record").field(&r.id).finish(),
+            Self::Flush(_) => f.write_str("Flush"),
+            Self::Close(_) => f.write_str("Close"),
+        }
+    }
+}
+
+/// Hands usage records to the background writer. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct UsageWriter {
+    db: Db,
+    tx: mpsc::Sender<Command>,
+}
+
+impl UsageWriter {
+    /// Starts the background writer on the current Tokio runtime.
+    pub fn spawn(db: Db, config: UsageConfig) -> Self {
+        let (tx, rx) = mpsc::channel(config.queue.max(1));
+        tokio::spawn(run(db.clone(), config, rx));
+        Self { db, tx }
+    }
+
+    /// Queues `record`, waiting while the queue is full. Once the writer has closed, writes
+    /// the record directly.
+    pub async fn record(&self, record: UsageRow) -> Result<(), DbError> {
+        match self.tx.send(Command::Record(record)).await {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::SendError(Command::Record(record))) => {
+                write(&self.db, record.tenant, std::slice::from_ref(&record)).await
+            }
+            Err(_) => Ok(()),
+        }
+    }
+
+    /// Waits until every record queued before this call is written.
+    pub async fn flush(&self) {
+        let (done, wait) = oneshot::channel();
+        if self.tx.send(Command::Flush(done)).await.is_ok() {
+            let _ = wait.await;
+        }
+    }
+
+    /// Writes what is queued and stops the writer (shutdown, after the HTTP server drained).
+    /// Records handed over later are written directly by [`Self::record`].
+    pub async fn close(&self) {
+        let (done, wait) = oneshot::channel();
+        if self.tx.send(Command::Close(done)).await.is_ok() {
+            let _ = wait.await;
+        }
+    }
+}
+
+/// Retries of a batch while closing, before its records are reported lost.
+const CLOSING_ATTEMPTS: u32 = 3;
+/// Longest pause between retries of a failed batch.
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+async fn run(db: Db, config: UsageConfig, mut rx: mpsc::Receiver<Command>) {
+    let max_batch = config.max_batch.max(1);
+    let mut pending: Vec<UsageRow> = Vec::new();
+    let mut waiters: Vec<oneshot::Sender<()>> = Vec::new();
+    let mut closing: Option<oneshot::Sender<()>> = None;
+    while closing.is_none() {
+        // Every sender gone: nothing more can arrive.
+        let Some(first) = rx.recv().await else { break };
+        take(first, &mut pending, &mut waiters, &mut closing);
+        let deadline = tokio::time::Instant::now() + config.flush_interval;
+        while waiters.is_empty() && closing.is_none() && pending.len() < max_batch {
+            tokio::select! {
+                next = rx.recv() => match next {
+                    Some(c) => take(c, &mut pending, &mut waiters, &mut closing),
+                    None => break,
+                },
+                () = tokio::time::sleep_until(deadline) => break,
+            }
+        }
+        if closing.is_some() {
+            // Senders now get their record back and write it themselves.
+            rx.close();
+            while let Some(c) = rx.recv().await {
+                take(c, &mut pending, &mut waiters, &mut closing);
+            }
+        }
+        write_all(
+            &db,
+            std::mem::take(&mut pending),
+            max_batch,
+            closing.is_some(),
+        )
+        .await;
+        for w in waiters.drain(..) {
+            let _ = w.send(());
+        }
+    }
+    if !pending.is_empty() {
+        write_all(&db, pending, max_batch, true).await;
+    }
+    if let Some(done) = closing {
+        let _ = done.send(());
+    }
+}
+
+fn take(
+    command: Command,
+    pending: &mut Vec<UsageRow>,
+    waiters: &mut Vec<oneshot::Sender<()>>,
+    closing: &mut Option<oneshot::Sender<()>>,
+) {
+    match command {
+        Command::Record(r) => pending.push(r),
+        Command::Flush(w) => waiters.push(w),
+        Command::Close(w) => {
+            // A second close waits like a flush.
+            if closing.is_some() {
+                waiters.push(w);
+            } else {
+                *closing = Some(w);
+            }
+        }
+    }
+}
+
+/// Writes `records`, one transaction per tenant and chunk. A failed write is retried with
+/// backoff (holding the queue: requests wait rather than lose records); a write the database
+/// refuses for good (the tenant was deleted) is dropped and logged. While closing, a batch is
+/// tried [`CLOSING_ATTEMPTS`] times and then reported lost.
+async fn write_all(db: &Db, records: Vec<UsageRow>, max_batch: usize, closing: bool) {
+    let mut by_tenant: BTreeMap<TenantId, Vec<UsageRow>> = BTreeMap::new();
+    for r in records {
+        by_tenant.entry(r.tenant).or_default().push(r);
+    }
+    for (tenant, records) in by_tenant {
+        for chunk in records.chunks(max_batch) {
+            let mut backoff = Duration::from_millis(100);
+            let mut attempt = 0;
+            loop {
+                attempt += 1;
+                match write(db, tenant, chunk).await {
+                    Ok(()) => break,
+                    Err(e) if refused_for_good(&e) => {
+                        tracing::error!(%tenant, records = chunk.len(), error = %e, "usage records refused by the database; dropped");
+                        break;
+                    }
+                    Err(e) if closing && attempt >= CLOSING_ATTEMPTS => {
+                        tracing::error!(%tenant, records = chunk.len(), error = %e, "usage records could not be written before shutdown; lost");
+                        break;
+                    }
+                    Err(e) => {
+                        tracing::warn!(%tenant, records = chunk.len(), error = %e, "writing usage records failed; retrying");
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(MAX_BACKOFF);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Whether retrying cannot help: an integrity or access-rule violation (the tenant is gone,
+/// row-level security refuses), or a tenant this role does not serve.
+fn refused_for_good(e: &DbError) -> bool {
+    match e {
+        DbError::Sql(sqlx::Error::Database(e)) => e
+            .code()
+            .is_some_and(|code| code.starts_with("23") || code.starts_with("42")),
+        DbError::WrongTenant { .. } => true,
+        _ => false,
+    }
+}
+
+/// One tenant's records, their `usage.recorded` events and outbox entries, in one transaction.
+async fn write(db: &Db, tenant: TenantId, records: &[UsageRow]) -> Result<(), DbError> {
+    let ids: Vec<Uuid> = records.iter().map(|r| r.id).collect();
+    let key_ids: Vec<Option<Uuid>> = records.iter().map(|r| r.key_id).collect();
+    let user_ids: Vec<Option<String>> = records.iter().map(|r| r.user_id.clone()).collect();
+    let models: Vec<String> = records.iter().map(|r| r.model.clone()).collect();
+    let tokens_in: Vec<i32> = records
+        .iter()
+        .map(|r| i32::try_from(r.tokens_in).unwrap_or(i32::MAX))
+        .collect();
+    let tokens_out: Vec<i32> = records
+        .iter()
+        .map(|r| i32::try_from(r.tokens_out).unwrap_or(i32::MAX))
+        .collect();
+    let costs: Vec<i64> = records.iter().map(|r| r.cost_micros).collect();
+    let ats: Vec<DateTime<Utc>> = records.iter().map(|r| r.at).collect();
+    let event_ids: Vec<Uuid> = records.iter().map(|_| Uuid::now_v7()).collect();
+    let subjects: Vec<String> = records.iter().map(|r| r.id.to_string()).collect();
+    let actors: Vec<String> = records.iter().map(|r| r.actor.clone()).collect();
+    let data: Vec<Value> = records.iter().map(UsageRow::event_data).collect();
+    let traceparents: Vec<Option<String>> = records.iter().map(|r| r.traceparent.clone()).collect();
+
+    let mut tx = db.begin(tenant).await?;
+    sqlx::query(
+        "insert into agentry.usage_records
+           (tenant_id, id, key_id, user_id, source, model, tokens_in, tokens_out, cost_micros,
+            created_at)
+         select $1, u.id, u.key_id, u.user_id, 'chat', u.model, u.tokens_in, u.tokens_out,
+                u.cost_micros, u.at
+         from unnest($2::uuid[], $3::uuid[], $4::text[], $5::text[], $6::int4[], $7::int4[],
+                     $8::int8[], $9::timestamptz[])
+           as u(id, key_id, user_id, model, tokens_in, tokens_out, cost_micros, at)",
+    )
+    .bind(tenant.0)
+    .bind(&ids)
+    .bind(&key_ids)
+    .bind(&user_ids)
+    .bind(&models)
+    .bind(&tokens_in)
+    .bind(&tokens_out)
+    .bind(&costs)
+    .bind(&ats)
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query(
+        "insert into agentry.events
+           (tenant_id, id, type, version, subject, actor, data, traceparent, created_at)
+         select $1, e.id, 'usage.recorded', 1, e.subject, e.actor, e.data, e.traceparent, e.at
+         from unnest($2::uuid[], $3::text[], $4::text[], $5::jsonb[], $6::text[],
+                     $7::timestamptz[])
+           as e(id, subject, actor, data, traceparent, at)",
+    )
+    .bind(tenant.0)
+    .bind(&event_ids)
+    .bind(&subjects)
+    .bind(&actors)
+    .bind(&data)
+    .bind(&traceparents)
+    .bind(&ats)
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query(
+        "insert into agentry.event_outbox (tenant_id, event_id) select $1, unnest($2::uuid[])",
+    )
+    .bind(tenant.0)
+    .bind(&event_ids)
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query("select pg_notify('agentry_outbox', '')")
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(())
+}

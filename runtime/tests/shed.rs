@@ -1,0 +1,98 @@
+//! Load shedding: past `max_in_flight` API requests in progress, a request is answered 503
+//! `overloaded` with `Retry-After` at once; health checks are not counted; a freed slot admits
+//! the next request.
+
+mod auth_support;
+
+use std::time::{Duration, Instant};
+
+use agentry_runtime::http::{HttpConfig, app};
+use auth_support::{Harness, bearer, call};
+use axum::body::{Body, Bytes};
+use axum::http::{Method, Request, StatusCode, header};
+use serde_json::Value;
+use sqlx::PgPool;
+use tower::ServiceExt as _;
+
+#[sqlx::test(migrator = "agentry_runtime::db::MIGRATOR")]
+async fn requests_past_the_in_flight_cap_are_shed_at_once(admin: PgPool) {
+    let mut h = Harness::new(admin).await;
+    let db = h.shared_db().await;
+    let (_, state) = h.app(db, &["acme"], true);
+    let app = app(
+        state,
+        HttpConfig {
+            max_in_flight: 1,
+            ..HttpConfig::default()
+        },
+    );
+    let (_, key) = h.insert_key("acme", &["chat"]).await;
+    let auth = bearer(&key);
+
+    // A request whose body never ends holds the only slot.
+    let (body_tx, body_rx) = futures::channel::mpsc::channel::<Result<Bytes, std::io::Error>>(1);
+    let held = Request::post("/v1/chat/completions")
+        .header("authorization", &auth)
+        .header("content-type", "application/json")
+        .body(Body::from_stream(body_rx))
+        .unwrap();
+    // Its first poll passes admission (taking the slot) and stops at authentication.
+    let mut held = Box::pin(app.clone().oneshot(held));
+    assert!(futures::poll!(&mut held).is_pending());
+    let holding = tokio::spawn(held);
+
+    let request = Request::get("/v1/models")
+        .header("authorization", &auth)
+        .body(Body::empty())
+        .unwrap();
+    let started = Instant::now();
+    let shed = app.clone().oneshot(request).await.unwrap();
+    let took = started.elapsed();
+    assert_eq!(shed.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(
+        took < Duration::from_millis(500),
+        "a shed request is answered without waiting ({took:?})"
+    );
+    assert_eq!(
+        shed.headers()
+            .get(header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok()),
+        Some("1")
+    );
+    let body = axum::body::to_bytes(shed.into_body(), 1 << 16)
+        .await
+        .unwrap();
+    let body: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(body["error"]["code"], "overloaded", "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("1 requests in progress"),
+        "{body}"
+    );
+
+    // Shedding comes before authentication: a request without credentials is shed too.
+    let anonymous = call(&app, Method::GET, "/v1/models", &[], None).await;
+    anonymous.error(StatusCode::SERVICE_UNAVAILABLE, "overloaded");
+    let health = call(&app, Method::GET, "/healthz", &[], None).await;
+    assert_eq!(
+        health.status,
+        StatusCode::OK,
+        "health checks are not counted"
+    );
+
+    // The body ends (empty: not JSON), the held request is answered, its slot frees.
+    drop(body_tx);
+    let answered = holding.await.unwrap().unwrap();
+    assert!(answered.status().is_client_error(), "{}", answered.status());
+    let models = call(
+        &app,
+        Method::GET,
+        "/v1/models",
+        &[("authorization", &auth)],
+        None,
+    )
+    .await;
+    assert_eq!(models.status, StatusCode::OK, "{}", models.body);
+}

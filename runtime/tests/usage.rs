@@ -1,0 +1,262 @@
+//! The batched usage writer against real PostgreSQL, connected as a tenant role: records are
+//! written within the flush interval with their events, everything queued is written on
+//! close, a full queue makes callers wait instead of dropping, and no record is lost.
+
+#![expect(
+    clippy::unwrap_used,
+    reason = "test helpers outside #[test] functions fail the test on a broken fixture"
+)]
+
+mod limits_support;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use agentry_crds::bundle::LimitsConfig;
+use agentry_runtime::billing::{UsageConfig, UsageRow, UsageWriter};
+use agentry_runtime::llm::{Completion, FinishReason, Usage};
+use limits_support::{PgTenant, RoleKind, key_caller, user_caller};
+use sqlx::{Connection as _, PgPool};
+use uuid::Uuid;
+
+fn completion(tokens_in: u32, tokens_out: u32, cost_micros: i64) -> Completion {
+    Completion {
+        content: "hello".to_owned(),
+        tool_calls: Vec::new(),
+        usage: Usage {
+            input_tokens: tokens_in,
+            output_tokens: tokens_out,
+        },
+        usage_estimated: false,
+        finish_reason: FinishReason::Stop,
+        model: "fast".to_owned(),
+        provider: "mock".to_owned(),
+        cost_micros,
+        attempts: 1,
+    }
+}
+
+async fn count(admin: &PgPool, sql: &str, tenant: Uuid) -> i64 {
+    sqlx::query_scalar(sqlx::AssertSqlSafe(sql.to_owned()))
+        .bind(tenant)
+        .fetch_one(admin)
+        .await
+        .unwrap()
+}
+
+async fn usage_rows(t: &PgTenant) -> i64 {
+    count(
+        t.admin(),
+        "select count(*) from agentry.usage_records where tenant_id = $1",
+        t.handle.id.0,
+    )
+    .await
+}
+
+#[sqlx::test(migrator = "agentry_runtime::db::MIGRATOR")]
+async fn records_are_written_within_the_flush_interval_with_their_events(admin: PgPool) {
+    let t = PgTenant::create(&admin, LimitsConfig::default(), RoleKind::Tenant).await;
+    t.guard(async {
+        let writer = UsageWriter::spawn(
+            t.db(2).await,
+            UsageConfig {
+                flush_interval: Duration::from_millis(50),
+                ..UsageConfig::default()
+            },
+        );
+        let key = Uuid::new_v4();
+        let caller = key_caller(&t.handle, key);
+        let record = UsageRow::of(&caller, &completion(12, 5, 340));
+        let (id, at) = (record.id, record.at);
+        writer.record(record).await.unwrap();
+        for i in 0..9 {
+            writer
+                .record(UsageRow::of(&caller, &completion(i, 1, 10)))
+                .await
+                .unwrap();
+        }
+        let started = Instant::now();
+        while usage_rows(&t).await < 10 {
+            assert!(
+                started.elapsed() < Duration::from_secs(5),
+                "records were not written"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let (key_id, model, tokens_in, tokens_out, cost, created_at): (
+            Option<Uuid>,
+            String,
+            i32,
+            i32,
+            i64,
+            chrono::DateTime<chrono::Utc>,
+        ) = sqlx::query_as(
+            "select key_id, model, tokens_in, tokens_out, cost_micros, created_at
+               from agentry.usage_records where tenant_id = $1 and id = $2",
+        )
+        .bind(t.handle.id.0)
+        .bind(id)
+        .fetch_one(&admin)
+        .await
+        .unwrap();
+        assert_eq!(
+            (key_id, model.as_str(), tokens_in, tokens_out, cost),
+            (Some(key), "fast", 12, 5, 340)
+        );
+        assert_eq!(
+            created_at.timestamp_micros(),
+            at.timestamp_micros(),
+            "the row carries when the call finished, not when the batch was written"
+        );
+        let events = t.events("usage.recorded").await;
+        assert_eq!(events.len(), 10);
+        let first = events
+            .iter()
+            .find(|e| e["id"] == id.to_string())
+            .expect("the record's event");
+        assert_eq!(first["inputTokens"], 12);
+        assert_eq!(first["costMicros"], 340);
+        assert_eq!(first["source"], "chat");
+        assert_eq!(
+            count(
+                &admin,
+                "select count(*) from agentry.event_outbox where tenant_id = $1",
+                t.handle.id.0
+            )
+            .await,
+            10,
+            "every event is queued for the relay"
+        );
+        writer.close().await;
+    })
+    .await;
+}
+
+#[sqlx::test(migrator = "agentry_runtime::db::MIGRATOR")]
+async fn close_writes_everything_queued_and_later_records_directly(admin: PgPool) {
+    let t = PgTenant::create(&admin, LimitsConfig::default(), RoleKind::Tenant).await;
+    t.guard(async {
+        // An interval no test waits for: only `close` can write these.
+        let writer = UsageWriter::spawn(
+            t.db(2).await,
+            UsageConfig {
+                flush_interval: Duration::from_secs(3600),
+                max_batch: 100_000,
+                queue: 10_000,
+            },
+        );
+        let mut senders = tokio::task::JoinSet::new();
+        for s in 0..8 {
+            let (writer, caller) = (writer.clone(), user_caller(&t.handle, &format!("u{s}")));
+            senders.spawn(async move {
+                for i in 0..100 {
+                    writer
+                        .record(UsageRow::of(&caller, &completion(i, 1, 1)))
+                        .await
+                        .unwrap();
+                }
+            });
+        }
+        while let Some(done) = senders.join_next().await {
+            done.unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(usage_rows(&t).await, 0, "nothing is written per request");
+        writer.close().await;
+        assert_eq!(usage_rows(&t).await, 800, "close wrote every queued record");
+        assert_eq!(t.events("usage.recorded").await.len(), 800);
+
+        let caller = key_caller(&t.handle, Uuid::new_v4());
+        writer
+            .record(UsageRow::of(&caller, &completion(1, 1, 1)))
+            .await
+            .unwrap();
+        assert_eq!(
+            usage_rows(&t).await,
+            801,
+            "after close a record is written before `record` returns"
+        );
+    })
+    .await;
+}
+
+#[sqlx::test(migrator = "agentry_runtime::db::MIGRATOR")]
+async fn a_full_queue_makes_callers_wait_and_loses_nothing(admin: PgPool) {
+    let t = PgTenant::create(&admin, LimitsConfig::default(), RoleKind::Tenant).await;
+    t.guard(async {
+        let queue = 4;
+        let writer = UsageWriter::spawn(
+            t.db(2).await,
+            UsageConfig {
+                flush_interval: Duration::from_millis(5),
+                max_batch: 2,
+                queue,
+            },
+        );
+        // Holding the table lock stalls every write, as a slow database would.
+        let mut blocker = sqlx::PgConnection::connect_with(&admin.connect_options())
+            .await
+            .unwrap();
+        sqlx::raw_sql("begin; lock table agentry.usage_records in exclusive mode")
+            .execute(&mut blocker)
+            .await
+            .unwrap();
+        let total = 40;
+        let returned = Arc::new(AtomicUsize::new(0));
+        let mut senders = tokio::task::JoinSet::new();
+        for i in 0..total {
+            let (writer, returned) = (writer.clone(), returned.clone());
+            let caller = key_caller(&t.handle, Uuid::new_v4());
+            senders.spawn(async move {
+                writer
+                    .record(UsageRow::of(&caller, &completion(i, 1, 1)))
+                    .await
+                    .unwrap();
+                returned.fetch_add(1, Ordering::SeqCst);
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let waiting = total as usize - returned.load(Ordering::SeqCst);
+        // At most the queue plus the batch being written were taken; the rest wait.
+        assert!(
+            waiting >= total as usize - queue - 2,
+            "only {waiting} of {total} callers wait for room"
+        );
+        sqlx::raw_sql("rollback")
+            .execute(&mut blocker)
+            .await
+            .unwrap();
+        while let Some(done) = senders.join_next().await {
+            done.unwrap();
+        }
+        writer.flush().await;
+        assert_eq!(usage_rows(&t).await, i64::from(total), "no record lost");
+        writer.close().await;
+    })
+    .await;
+}
+
+#[sqlx::test(migrator = "agentry_runtime::db::MIGRATOR")]
+async fn records_of_several_tenants_land_with_their_own_tenant(admin: PgPool) {
+    let a = PgTenant::create(&admin, LimitsConfig::default(), RoleKind::Shared).await;
+    let b = PgTenant::create(&admin, LimitsConfig::default(), RoleKind::Shared).await;
+    a.guard(b.guard(async {
+        // One shared (dev mode) role serving both tenants, as `agentry-runtime dev` does.
+        let writer = UsageWriter::spawn(a.db(2).await, UsageConfig::default());
+        for i in 0..6 {
+            let t = if i % 2 == 0 { &a } else { &b };
+            let caller = key_caller(&t.handle, Uuid::new_v4());
+            writer
+                .record(UsageRow::of(&caller, &completion(1, 1, 1)))
+                .await
+                .unwrap();
+        }
+        writer.close().await;
+        assert_eq!(usage_rows(&a).await, 3);
+        assert_eq!(usage_rows(&b).await, 3);
+        assert_eq!(a.events("usage.recorded").await.len(), 3);
+        assert_eq!(b.events("usage.recorded").await.len(), 3);
+    }))
+    .await;
+}
