@@ -65,6 +65,13 @@ pub struct CommonArgs {
     /// Name of this replica (budget leases, logs). Defaults to the host name.
     #[arg(long, env = "AGENTRY_REPLICA_ID")]
     pub replica_id: Option<String>,
+    /// Workflow runs this replica drives at once.
+    #[arg(long, env = "AGENTRY_WORKFLOW_CONCURRENCY", default_value_t = 16)]
+    pub workflow_concurrency: usize,
+    /// Seconds a workflow run stays leased to a replica that stopped renewing it (a crashed
+    /// replica's runs continue elsewhere after this).
+    #[arg(long, env = "AGENTRY_WORKFLOW_LEASE_SECONDS", default_value_t = 15)]
+    pub workflow_lease_seconds: u64,
 }
 
 /// `serve`.

@@ -75,6 +75,7 @@ pub fn api_router(state: &AppState, config: HttpConfig) -> OpenApiRouter<AppStat
         .merge(admin::router())
         .merge(crate::chat::router())
         .merge(crate::chat::openai::router())
+        .merge(crate::orchestrator::api::router())
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             crate::gateway::authenticate,
