@@ -56,6 +56,7 @@ pub struct DevRuntime {
     database: String,
     role: String,
     state: tempfile::TempDir,
+    env: Vec<(String, String)>,
     /// Lines the process printed (stdout), for diagnostics.
     pub output: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
@@ -63,6 +64,12 @@ pub struct DevRuntime {
 impl DevRuntime {
     /// Starts dev mode over `manifests` with a fresh database and role.
     pub async fn start(manifests: &Path) -> anyhow::Result<Self> {
+        Self::start_with_env(manifests, &[]).await
+    }
+
+    /// Like [`Self::start`], with extra environment variables for the process (settings such
+    /// as `AGENTRY_LLM_BREAKER_OPEN_MS`), kept for every later [`Self::launch`].
+    pub async fn start_with_env(manifests: &Path, env: &[(&str, &str)]) -> anyhow::Result<Self> {
         let suffix = uuid::Uuid::new_v4().simple().to_string();
         let mut runtime = Self {
             child: None,
@@ -72,6 +79,10 @@ impl DevRuntime {
             database: format!("agentry_e2e_{}", &suffix[..12]),
             role: format!("agentry_e2e_{}", &suffix[..12]),
             state: tempfile::tempdir()?,
+            env: env
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
             output: Default::default(),
         };
         runtime.launch().await?;
@@ -98,6 +109,7 @@ impl DevRuntime {
             .env("AGENTRY_DEV_ROLE", &self.role)
             .env("AGENTRY_STATE_DIR", self.state.path())
             .env("RUST_LOG", "info")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .kill_on_drop(true)
@@ -154,6 +166,14 @@ impl DevRuntime {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         bail!("{} never became ready", self.base_url)
+    }
+
+    /// Whether the process printed a line containing `needle` (its JSON logs included).
+    pub fn printed(&self, needle: &str) -> bool {
+        self.output
+            .lock()
+            .map(|lines| lines.iter().any(|l| l.contains(needle)))
+            .unwrap_or(false)
     }
 
     /// The admin key of `tenant`.

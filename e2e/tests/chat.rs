@@ -1,5 +1,5 @@
 //! Chat through the real binary in dev mode: a conversation answered in JSON and over SSE by
-//! the offline provider.
+//! the offline provider, and invisible to another tenant.
 #![allow(
     clippy::unwrap_used,
     reason = "test helpers fail the test by panicking"
@@ -117,5 +117,63 @@ async fn a_conversation_answers_in_json_and_over_sse() {
         })
         .collect();
     assert_eq!(text, "I can help with that: Hello there.");
+
+    // Another tenant's key: the conversation does not exist for it.
+    let globex = rt.key("globex").to_owned();
+    assert!(!globex.is_empty() && globex != key);
+    let conversation_url = format!("{}/api/v1/chat/conversations/{id}", rt.base_url);
+    let r = client
+        .get(&conversation_url)
+        .bearer_auth(&globex)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    let error: Value = r.json().await.unwrap();
+    assert_eq!(error["error"]["code"], "not_found", "{error}");
+    let r = client
+        .post(&url)
+        .bearer_auth(&globex)
+        .json(&json!({"content": "Let me in."}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    let message_id = detail["messages"][1]["id"].as_str().unwrap();
+    let r = client
+        .post(format!("{url}/{message_id}/feedback"))
+        .bearer_auth(&globex)
+        .json(&json!({"rating": "down"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    let listed: Value = client
+        .get(format!("{}/api/v1/chat/conversations", rt.base_url))
+        .bearer_auth(&globex)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        listed["conversations"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|c| c["id"] != id.as_str()),
+        "{listed}"
+    );
+    // The owner still sees it, unchanged by the attempts.
+    let r = client
+        .get(&conversation_url)
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let after: Value = r.json().await.unwrap();
+    assert_eq!(after["messages"].as_array().unwrap().len(), 4);
     rt.cleanup().await.unwrap();
 }

@@ -18,6 +18,9 @@ pub struct ApiError {
     pub message: String,
     /// Seconds to wait before retrying (429, 503).
     pub retry_after: Option<u64>,
+    /// The request field at fault, when one is (reported by the OpenAI-compatible surface as
+    /// `param`).
+    pub param: Option<&'static str>,
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
@@ -41,7 +44,14 @@ impl ApiError {
             code,
             message: message.into(),
             retry_after: None,
+            param: None,
         }
+    }
+
+    /// Names the request field at fault.
+    pub fn with_param(mut self, param: &'static str) -> Self {
+        self.param = Some(param);
+        self
     }
 
     /// 400: the request is malformed.
@@ -119,6 +129,9 @@ impl std::error::Error for ApiError {}
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        // The error rides along so that a surface with another error shape (the
+        // OpenAI-compatible `/v1`) can re-render it.
+        let error = self.clone();
         let body = ErrorBody {
             error: ErrorDetail {
                 code: self.code.to_owned(),
@@ -131,6 +144,7 @@ impl IntoResponse for ApiError {
         {
             response.headers_mut().insert(header::RETRY_AFTER, value);
         }
+        response.extensions_mut().insert(error);
         response
     }
 }

@@ -18,6 +18,7 @@ pub mod llm;
 pub mod metrics;
 pub mod orchestrator;
 pub mod realtime;
+pub mod resilience;
 pub mod serve;
 pub mod state;
 pub mod telemetry;

@@ -13,6 +13,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use agentry_e2e::mock_llm::{MockConfig, MockLlm};
 use agentry_runtime::agents::ESCALATED_REPLY;
 use auth_support::{Harness, bearer, call};
 use axum::Router;
@@ -68,6 +69,20 @@ struct Setup {
 
 /// The example tenants on a shared (dev) role, acme's order tools pointed at `orders`.
 async fn setup(admin: PgPool, orders: Option<SocketAddr>, budget: Option<i64>) -> Setup {
+    setup_with(admin, orders, |acme| {
+        if let Some(b) = budget {
+            acme.tenant.limits.monthly_budget_micros = Some(b);
+        }
+    })
+    .await
+}
+
+/// [`setup`] with acme's bundle changed by `tweak`.
+async fn setup_with(
+    admin: PgPool,
+    orders: Option<SocketAddr>,
+    tweak: impl FnOnce(&mut agentry_crds::RuntimeBundle),
+) -> Setup {
     let mut h = Harness::new(admin).await;
     let acme = h.bundles.get_mut("acme").unwrap();
     if let Some(addr) = orders {
@@ -82,9 +97,7 @@ async fn setup(admin: PgPool, orders: Option<SocketAddr>, budget: Option<i64>) -
             t.egress_allow_hosts = vec!["127.0.0.1".to_owned()];
         }
     }
-    if let Some(b) = budget {
-        acme.tenant.limits.monthly_budget_micros = Some(b);
-    }
+    tweak(acme);
     acme.hash = acme.content_hash();
     let db = h.shared_db().await;
     let (app, _state) = h.app(db, &["acme", "globex"], true);
@@ -333,6 +346,87 @@ async fn approvals_run_or_deny_the_call(admin: PgPool) {
 }
 
 #[sqlx::test(migrator = "agentry_runtime::db::MIGRATOR")]
+async fn one_approval_waits_at_a_time_and_blocks_new_messages(admin: PgPool) {
+    let orders = Orders::default();
+    let addr = order_server(orders.clone()).await;
+    // A scripted upstream, so that one answer asks for two calls; both order tools need a
+    // person's approval.
+    let mock = MockLlm::start(MockConfig::default()).await.unwrap();
+    let s = setup_with(admin, Some(addr), |acme| {
+        let local = acme.tenant.providers.get_mut("local").unwrap();
+        local.type_ = agentry_crds::tenant::ProviderType::Openai;
+        local.base_url = Some(mock.base_url());
+        acme.tools.get_mut("lookup-order").unwrap().require_approval = true;
+    })
+    .await;
+    let id = s.conversation(Some("billing")).await;
+    let both = "#tool lookup-order {\"orderId\": \"A-1001\"}\n#tool issue-refund {\"orderId\": \"A-1001\"}";
+    let a = s.say(&id, both).await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+    // The first waits for approval; the second is answered at once with an error the model
+    // can act on after the decision.
+    assert_eq!(a.body["approval"]["tool"], "lookup-order", "{}", a.body);
+    assert!(a.body["message"].is_null());
+    let calls = a.body["toolCalls"].as_array().unwrap();
+    assert_eq!(calls.len(), 1, "{}", a.body);
+    assert_eq!(calls[0]["name"], "issue-refund");
+    assert_eq!(calls[0]["error"], true);
+    let result = calls[0]["result"].as_str().unwrap();
+    assert!(result.contains("waiting for approval"), "{result}");
+    let approval = a.body["approval"]["approvalId"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(
+        s.count("select count(*) from agentry.tool_approvals where status = 'pending'")
+            .await,
+        1
+    );
+
+    // While it waits, the conversation takes no new message (its last tool call has no
+    // result yet).
+    let busy = s.say(&id, "Hello?").await;
+    let message = busy.error(StatusCode::CONFLICT, "conflict");
+    assert!(message.contains(&approval), "{message}");
+    assert_eq!(
+        s.count("select count(*) from agentry.messages where content = 'Hello?'")
+            .await,
+        0
+    );
+
+    let d = s
+        .post(
+            &s.acme,
+            &format!("/api/v1/chat/approvals/{approval}"),
+            json!({"approve": true}),
+        )
+        .await;
+    assert_eq!(d.status, StatusCode::OK, "{}", d.body);
+    assert_eq!(orders.lookups.load(Ordering::SeqCst), 1);
+    assert_eq!(orders.refunds.load(Ordering::SeqCst), 0);
+    let text = d.body["message"]["content"].as_str().unwrap();
+    assert!(text.contains("shipped"), "{text}");
+    // The model saw both results, each answering its call.
+    let sent = mock.last_request().unwrap();
+    let tool_ids: Vec<&str> = sent["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["role"] == "tool")
+        .map(|m| m["tool_call_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(tool_ids.len(), 2, "{sent}");
+
+    // Decided: the conversation goes on, and the refund can be asked for again.
+    let a = s
+        .say(&id, "#tool issue-refund {\"orderId\": \"A-1001\"}")
+        .await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+    assert_eq!(a.body["approval"]["tool"], "issue-refund", "{}", a.body);
+    s.h.cleanup().await;
+}
+
+#[sqlx::test(migrator = "agentry_runtime::db::MIGRATOR")]
 async fn a_handoff_escalates_the_conversation(admin: PgPool) {
     let s = setup(admin, None, None).await;
     let id = s.conversation(Some("triage")).await;
@@ -458,7 +552,180 @@ async fn the_openai_surface_serves_agents_and_models(admin: PgPool) {
             json!({"model": "agent/nobody", "messages": [{"role": "user", "content": "hi"}]}),
         )
         .await;
-    bad.error(StatusCode::UNPROCESSABLE_ENTITY, "invalid_request");
+    let error = openai_error(&bad, StatusCode::NOT_FOUND, "model_not_found");
+    assert_eq!(error["param"], "model");
+
+    // A client history with its own tool round: an agent keeps only the text of user and
+    // assistant messages (its conversation never made those calls).
+    let a = s
+        .post(
+            &s.acme,
+            "/v1/chat/completions",
+            json!({"model": "agent/general", "messages": [
+                {"role": "user", "content": "Look it up."},
+                {"role": "assistant", "content": null, "tool_calls": [{"id": "c1", "type": "function",
+                  "function": {"name": "lookup", "arguments": "{}"}}]},
+                {"role": "tool", "tool_call_id": "c1", "content": "{}"},
+                {"role": "user", "content": "Hello there."}]}),
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+    assert_eq!(
+        a.body["choices"][0]["message"]["content"],
+        "I can help with that: Hello there."
+    );
+    assert_eq!(
+        s.count(
+            "select count(*) from agentry.messages m join agentry.conversations c
+               on c.tenant_id = m.tenant_id and c.id = m.conversation_id
+             where c.metadata ->> 'source' = 'openai' and m.role = 'tool'"
+        )
+        .await,
+        1,
+        "only the agent's own tool call of the lookup above"
+    );
+    s.h.cleanup().await;
+}
+
+/// Asserts OpenAI's error shape, `{"error": {message, type, param, code}}` and nothing else,
+/// with `status` and `code`; returns the `error` object.
+fn openai_error(answer: &auth_support::Answer, status: StatusCode, code: &str) -> Value {
+    assert_eq!(answer.status, status, "{}", answer.body);
+    let top = answer.body.as_object().unwrap();
+    assert_eq!(top.len(), 1, "{}", answer.body);
+    let error = top["error"].as_object().unwrap();
+    let mut keys: Vec<&str> = error.keys().map(String::as_str).collect();
+    keys.sort_unstable();
+    assert_eq!(
+        keys,
+        ["code", "message", "param", "type"],
+        "{}",
+        answer.body
+    );
+    assert_eq!(error["code"], code, "{}", answer.body);
+    assert!(!error["message"].as_str().unwrap().is_empty());
+    assert!(error["type"].is_string());
+    top["error"].clone()
+}
+
+#[sqlx::test(migrator = "agentry_runtime::db::MIGRATOR")]
+async fn the_openai_surface_answers_errors_as_openai_does(admin: PgPool) {
+    // A spent budget, so that a model call is refused.
+    let s = setup(admin, None, Some(0)).await;
+    let user_hi = json!([{"role": "user", "content": "hi"}]);
+
+    for uri in ["/v1/models", "/v1/chat/completions"] {
+        let method = if uri == "/v1/models" {
+            Method::GET
+        } else {
+            Method::POST
+        };
+        let bogus = bearer("agk_bogus_key");
+        for headers in [vec![("authorization", bogus.as_str())], vec![]] {
+            let a = call(&s.app, method.clone(), uri, &headers, Some(json!({}))).await;
+            let e = openai_error(&a, StatusCode::UNAUTHORIZED, "invalid_api_key");
+            assert_eq!(e["type"], "invalid_request_error");
+        }
+    }
+
+    let a = s
+        .post(
+            &s.acme,
+            "/v1/chat/completions",
+            json!({"model": "gpt-9", "messages": user_hi}),
+        )
+        .await;
+    let e = openai_error(&a, StatusCode::NOT_FOUND, "model_not_found");
+    assert_eq!(
+        (e["param"].as_str(), e["type"].as_str()),
+        (Some("model"), Some("invalid_request_error"))
+    );
+    assert!(e["message"].as_str().unwrap().contains("gpt-9"), "{e}");
+
+    let a = s
+        .post(
+            &s.acme,
+            "/v1/chat/completions",
+            json!({"model": "small", "messages": [{"role": "system", "content": "Be brief."}]}),
+        )
+        .await;
+    let e = openai_error(&a, StatusCode::BAD_REQUEST, "invalid_request");
+    assert_eq!(e["param"], "messages");
+
+    // A body of the wrong shape (no `messages`) and one that is not JSON: 400.
+    let a = s
+        .post(&s.acme, "/v1/chat/completions", json!({"model": "small"}))
+        .await;
+    let e = openai_error(&a, StatusCode::BAD_REQUEST, "invalid_request");
+    assert!(e["message"].as_str().unwrap().contains("messages"), "{e}");
+    let auth = bearer(&s.acme);
+    let a = auth_support::call_raw(
+        &s.app,
+        Method::POST,
+        "/v1/chat/completions",
+        &[("authorization", &auth)],
+        Some("{\"model\": ".to_owned()),
+    )
+    .await;
+    openai_error(&a, StatusCode::BAD_REQUEST, "bad_request");
+
+    // The spent budget: 429 `insufficient_quota`, streamed or not.
+    for stream in [false, true] {
+        let a = s
+            .post(
+                &s.acme,
+                "/v1/chat/completions",
+                json!({"model": "small", "messages": user_hi, "stream": stream}),
+            )
+            .await;
+        let e = openai_error(&a, StatusCode::TOO_MANY_REQUESTS, "insufficient_quota");
+        assert_eq!(e["type"], "insufficient_quota");
+    }
+
+    // An unknown route under /v1 answers in the same shape; the rest of the API keeps its own.
+    let a = s.get(&s.acme, "/v1/embeddings").await;
+    openai_error(&a, StatusCode::NOT_FOUND, "not_found");
+    s.get(
+        &s.acme,
+        &format!("/api/v1/chat/conversations/{}", uuid::Uuid::nil()),
+    )
+    .await
+    .error(StatusCode::NOT_FOUND, "not_found");
+    s.h.cleanup().await;
+}
+
+#[sqlx::test(migrator = "agentry_runtime::db::MIGRATOR")]
+async fn the_openai_surface_reports_rate_limits_as_openai_does(admin: PgPool) {
+    let s = setup_with(admin, None, |acme| {
+        acme.tenant.limits.per_key_requests_per_minute = Some(1);
+    })
+    .await;
+    let a = s.get(&s.acme, "/v1/models").await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+    let auth = bearer(&s.acme);
+    let request = axum::http::Request::get("/v1/models")
+        .header("authorization", &auth)
+        .body(axum::body::Body::empty())
+        .unwrap();
+    let response = tower::ServiceExt::oneshot(s.app.clone(), request)
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+    let retry_after: u64 = response.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(retry_after >= 1);
+    let body = axum::body::to_bytes(response.into_body(), 1 << 16)
+        .await
+        .unwrap();
+    let a = auth_support::Answer {
+        status: StatusCode::TOO_MANY_REQUESTS,
+        body: serde_json::from_slice(&body).unwrap(),
+    };
+    let e = openai_error(&a, StatusCode::TOO_MANY_REQUESTS, "rate_limit_exceeded");
+    assert_eq!(e["type"], "requests");
     s.h.cleanup().await;
 }
 

@@ -366,7 +366,7 @@ async fn breaker_opens_fails_fast_half_opens_and_closes() {
     let hits = Hits::default();
     let status = Arc::new(AtomicU16::new(500));
     let addr = status_server(status.clone(), hits.clone()).await;
-    let clock = Arc::new(ManualClock::new(chrono::Utc::now()));
+    let clock = Arc::new(ManualClock::new());
     let (rt, metrics) = runtime();
     let rt = rt.with_clock(clock.clone());
     let mut tool = http_tool("flaky", HttpMethod::GET, format!("http://{addr}/"));
@@ -715,7 +715,7 @@ async fn mcp_servers_on_internal_addresses_need_the_allowlist() {
 
 #[tokio::test]
 async fn builtins() {
-    let clock = Arc::new(ManualClock::new(
+    let clock = Arc::new(ManualClock::at(
         chrono::Utc.with_ymd_and_hms(2025, 1, 2, 3, 4, 5).unwrap(),
     ));
     let (rt, _) = runtime();

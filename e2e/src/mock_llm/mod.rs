@@ -8,7 +8,9 @@
 //!   `#reply <text>` (the answer's text), `#fail <status>` (answer that status),
 //!   `#slow <ms>` (wait before answering), `#pause <ms>` (streams: wait after the first
 //!   content chunk), `#cut` (streams: abort the connection after the first content chunk),
-//!   `#nousage` (report no usage, as some compatible servers do);
+//!   `#nousage` (report no usage, as some compatible servers do), `#burst <words> <bytes>`
+//!   (the answer is `<words>` words of `<bytes>` bytes each, the space included, streamed one
+//!   chunk per word as fast as the client takes them: a flood for slow-consumer tests);
 //! - the model name: one containing `fail-<status>` (e.g. `gpt-fail-500`) always fails;
 //! - server switches: [`MockLlm::fail_next`], [`MockLlm::fail_model`], latency, required key.
 //!
@@ -250,7 +252,11 @@ struct Script {
     pause: Duration,
     cut: bool,
     no_usage: bool,
+    burst: Option<(usize, usize)>,
 }
+
+/// Largest `#burst` answer.
+const MAX_BURST_BYTES: usize = 64 * 1024 * 1024;
 
 impl Script {
     fn parse(text: &str) -> Self {
@@ -273,6 +279,14 @@ impl Script {
                 "pause" => script.pause = ms(),
                 "nousage" => script.no_usage = true,
                 "cut" => script.cut = true,
+                "burst" => {
+                    let mut numbers = rest.split_whitespace().map(str::parse::<usize>);
+                    if let (Some(Ok(words)), Some(Ok(bytes))) = (numbers.next(), numbers.next())
+                        && words.saturating_mul(bytes) <= MAX_BURST_BYTES
+                    {
+                        script.burst = Some((words, bytes.max(1)));
+                    }
+                }
                 _ => {}
             }
         }
@@ -384,6 +398,11 @@ async fn chat(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes
         .sum();
     let (content, tools): (std::borrow::Cow<'_, str>, &[(String, String)]) = match last {
         Some(m) if m.role == "tool" => (format!("Tool result: {last_text}").into(), &[]),
+        _ if script.burst.is_some() => {
+            let (words, bytes) = script.burst.unwrap_or_default();
+            let word = "x".repeat(bytes - 1) + " ";
+            (word.repeat(words).into(), &[])
+        }
         _ => match (&script.reply, script.tools.is_empty()) {
             (Some(reply), _) => (reply.as_str().into(), &script.tools),
             (None, true) => (DEFAULT_REPLY.into(), &[]),
@@ -432,5 +451,7 @@ mod tests {
         );
         assert_eq!(script.slow, Duration::from_millis(20));
         assert_eq!(script.fail, Some(503));
+        assert_eq!(Script::parse("#burst 10 4").burst, Some((10, 4)));
+        assert_eq!(Script::parse("#burst 100000 100000").burst, None);
     }
 }

@@ -296,6 +296,31 @@ pub async fn window(
     Ok(rows)
 }
 
+/// Refuses a new user message while a tool call of the conversation waits for approval (409
+/// naming it): the assistant message that made the call has no result for it yet, and
+/// OpenAI-compatible providers refuse a history with an unanswered tool call. One pending
+/// approval at most exists per conversation (a turn stops at its first).
+pub async fn ensure_no_pending_approval(
+    conn: &mut PgConnection,
+    tenant: TenantId,
+    conversation: Uuid,
+) -> Result<(), ApiError> {
+    let pending: Option<(Uuid, String)> = sqlx::query_as(
+        "select id, tool from agentry.tool_approvals
+         where tenant_id = $1 and conversation_id = $2 and status = 'pending' limit 1",
+    )
+    .bind(tenant.0)
+    .bind(conversation)
+    .fetch_optional(&mut *conn)
+    .await?;
+    match pending {
+        None => Ok(()),
+        Some((id, tool)) => Err(ApiError::conflict(format!(
+            "a call of {tool} waits for approval {id}; decide it with POST /api/v1/chat/approvals/{id} first"
+        ))),
+    }
+}
+
 /// An approval claimed for a decision.
 #[derive(Clone, Debug, sqlx::FromRow)]
 pub struct PendingApproval {

@@ -261,6 +261,7 @@ async fn post_message(
             "this conversation was handed to a person; the agent no longer answers it",
         ));
     }
+    store::ensure_no_pending_approval(&mut tx, caller.tenant.id, id).await?;
     let agent = conversation
         .agent
         .clone()

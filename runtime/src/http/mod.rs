@@ -69,18 +69,35 @@ pub fn api_router(state: &AppState, config: HttpConfig) -> OpenApiRouter<AppStat
             )
         }))
         .timeout(config.request_timeout);
+    let authenticate =
+        axum::middleware::from_fn_with_state(state.clone(), crate::gateway::authenticate);
+    // The OpenAI-compatible routes answer errors (authentication and limits included) in
+    // OpenAI's shape.
+    let openai = crate::chat::openai::router()
+        .layer(authenticate.clone())
+        .layer(timeout.clone())
+        .layer(axum::middleware::map_response(
+            crate::chat::openai::errors::rewrite,
+        ));
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .merge(crate::gateway::keys_api::router())
         .merge(crate::events::audit::router())
         .merge(admin::router())
         .merge(crate::chat::router())
-        .merge(crate::chat::openai::router())
         .merge(crate::orchestrator::api::router())
-        .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            crate::gateway::authenticate,
-        ))
+        .layer(authenticate)
         .layer(timeout)
+        .merge(openai)
+}
+
+/// No route matched: 404, in OpenAI's shape under `/v1/`.
+async fn no_route(uri: axum::http::Uri) -> axum::response::Response {
+    let error = ApiError::not_found("no such route");
+    if uri.path().starts_with("/v1/") {
+        crate::chat::openai::errors::response(&error)
+    } else {
+        error.into_response()
+    }
 }
 
 /// The whole application.
@@ -93,7 +110,7 @@ pub fn app(state: AppState, config: HttpConfig) -> Router {
         .merge(api)
         // Outside the request timeout (a socket lives for hours); it authenticates itself.
         .merge(crate::realtime::router(config.realtime))
-        .fallback(|| async { ApiError::not_found("no such route") })
+        .fallback(no_route)
         .layer(DefaultBodyLimit::max(config.max_body_bytes))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),

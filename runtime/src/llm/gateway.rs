@@ -3,6 +3,7 @@
 //! keeps a circuit breaker per (tenant, provider), and prices and meters every call.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -43,6 +44,15 @@ struct Target<'b> {
     name: &'b str,
     model: &'b ModelConfig,
     entry: Arc<ProviderEntry>,
+}
+
+/// A call that a model answered: which one, its unsettled breaker permit, what it answered
+/// and the upstream calls made in all (failed ones and other models' included).
+struct Answered<'b, T> {
+    target: Target<'b>,
+    permit: BreakerPermit,
+    value: T,
+    attempts: u32,
 }
 
 /// Model calls for every tenant of the process.
@@ -148,50 +158,19 @@ impl LlmGateway {
         models: &[String],
         request: &ChatRequest,
     ) -> Result<Completion, LlmError> {
-        let mut attempts = 0u32;
-        let mut last = LlmError::NoModel;
-        for name in models {
-            let target = match self.resolve(bundle, name) {
-                Ok(target) => target,
-                Err(error) => {
-                    last = error;
-                    continue;
-                }
-            };
-            let mut retry = 0u32;
-            loop {
-                let Some(permit) = target.entry.breaker.try_acquire() else {
-                    last = LlmError::CircuitOpen {
-                        provider: target.model.provider.clone(),
-                    };
-                    break;
-                };
-                attempts += 1;
-                let call = target
-                    .entry
-                    .provider
-                    .complete(&target.model.upstream_model, request);
-                match call.await {
-                    Ok(reply) => {
-                        permit.success();
-                        return Ok(self.completed(bundle, &target, request, reply, attempts));
-                    }
-                    Err(error) => {
-                        settle(permit, &error);
-                        self.log_failure(bundle, &target, attempts, &error);
-                        match self.next_delay(retry, &error) {
-                            Some(delay) => tokio::time::sleep(delay).await,
-                            None => {
-                                last = error;
-                                break;
-                            }
-                        }
-                        retry += 1;
-                    }
-                }
-            }
-        }
-        Err(exhausted(models, attempts, last))
+        let answered = self
+            .call_with_fallbacks(bundle, models, |provider, upstream| async move {
+                provider.complete(&upstream, request).await
+            })
+            .await?;
+        answered.permit.success();
+        Ok(self.completed(
+            bundle,
+            &answered.target,
+            request,
+            answered.value,
+            answered.attempts,
+        ))
     }
 
     /// A streamed call with the same retries and fallbacks, up to the first chunk: once a
@@ -215,9 +194,58 @@ impl LlmGateway {
         models: &[String],
         request: &ChatRequest,
     ) -> Result<LlmStream, LlmError> {
+        // A stream counts as answered once its first chunk (or its end) arrived.
+        let answered = self
+            .call_with_fallbacks(bundle, models, |provider, upstream| async move {
+                let mut chunks = provider.stream(&upstream, request).await?;
+                match chunks.next().await {
+                    Some(Ok(first)) => Ok((chunks, Some(first))),
+                    None => Ok((chunks, None)),
+                    Some(Err(error)) => Err(error),
+                }
+            })
+            .await?;
+        let Answered {
+            target,
+            permit,
+            value: (chunks, first),
+            attempts,
+        } = answered;
+        let meta = StreamMeta {
+            tenant: bundle.tenant.name.clone(),
+            model: target.name.to_owned(),
+            provider: target.model.provider.clone(),
+            prices: Prices::from(target.model),
+            attempts,
+            input_estimate: estimate_input_tokens(request),
+        };
+        // The breaker hears how the stream ends, through the permit it carries.
+        Ok(LlmStream::new(
+            chunks,
+            first,
+            meta,
+            permit,
+            self.sinks.clone(),
+        ))
+    }
+
+    /// The attempt loop shared by every kind of call: `models[0]`, then each fallback in
+    /// order; a model whose provider's circuit is open is skipped at once, and a retryable
+    /// error is retried with backoff up to the retry policy. `call` makes one attempt with a
+    /// provider and an upstream model id. On success the breaker permit is handed back
+    /// unsettled: the caller reports the outcome (at once, or when a stream ends).
+    async fn call_with_fallbacks<'b, T, F, Fut>(
+        &self,
+        bundle: &'b RuntimeBundle,
+        models: &'b [String],
+        mut call: F,
+    ) -> Result<Answered<'b, T>, LlmError>
+    where
+        F: FnMut(Arc<dyn Provider>, String) -> Fut,
+        Fut: Future<Output = Result<T, LlmError>>,
+    {
         let mut attempts = 0u32;
         let mut last = LlmError::NoModel;
-        let mut input_estimate = None;
         for name in models {
             let target = match self.resolve(bundle, name) {
                 Ok(target) => target,
@@ -228,40 +256,25 @@ impl LlmGateway {
             };
             let mut retry = 0u32;
             loop {
-                let Some(permit) = target.entry.breaker.try_acquire() else {
+                let Ok(permit) = target.entry.breaker.try_acquire() else {
                     last = LlmError::CircuitOpen {
                         provider: target.model.provider.clone(),
                     };
                     break;
                 };
                 attempts += 1;
-                let upstream = &target.model.upstream_model;
-                let started = match target.entry.provider.stream(upstream, request).await {
-                    Ok(mut chunks) => match chunks.next().await {
-                        Some(Ok(first)) => Ok((chunks, Some(first))),
-                        None => Ok((chunks, None)),
-                        Some(Err(error)) => Err(error),
-                    },
-                    Err(error) => Err(error),
-                };
-                match started {
-                    Ok((chunks, first)) => {
-                        let meta = StreamMeta {
-                            tenant: bundle.tenant.name.clone(),
-                            model: target.name.to_owned(),
-                            provider: target.model.provider.clone(),
-                            prices: Prices::from(target.model),
-                            attempts,
-                            input_estimate: *input_estimate
-                                .get_or_insert_with(|| estimate_input_tokens(request)),
-                        };
-                        return Ok(LlmStream::new(
-                            chunks,
-                            first,
-                            meta,
+                let attempt = call(
+                    target.entry.provider.clone(),
+                    target.model.upstream_model.clone(),
+                );
+                match attempt.await {
+                    Ok(value) => {
+                        return Ok(Answered {
+                            target,
                             permit,
-                            self.sinks.clone(),
-                        ));
+                            value,
+                            attempts,
+                        });
                     }
                     Err(error) => {
                         settle(permit, &error);

@@ -71,15 +71,80 @@ impl Default for LlmConfig {
 }
 
 impl LlmConfig {
-    /// Defaults, with the Secrets directory from `AGENTRY_PROVIDER_SECRETS_DIR` when set.
+    /// Defaults, with the Secrets directory from `AGENTRY_PROVIDER_SECRETS_DIR` and the
+    /// retry and breaker settings from `AGENTRY_LLM_*` when set (see [`Self::with_env`]).
     pub fn from_env(dev_mode: bool) -> Self {
-        let mut config = Self {
+        let config = Self {
             dev_mode,
             ..Self::default()
         };
-        if let Some(dir) = std::env::var_os(secrets::SECRETS_DIR_ENV).filter(|d| !d.is_empty()) {
-            config.secrets_dir = PathBuf::from(dir);
+        config.with_env(&|name| std::env::var(name).ok())
+    }
+
+    /// Overrides from the environment, read through `env`:
+    ///
+    /// | variable | field |
+    /// | --- | --- |
+    /// | `AGENTRY_PROVIDER_SECRETS_DIR` | `secrets_dir` |
+    /// | `AGENTRY_LLM_RETRY_MAX_ATTEMPTS` | `retry.max_attempts` (at least 1) |
+    /// | `AGENTRY_LLM_RETRY_INITIAL_BACKOFF_MS` | `retry.initial_backoff` |
+    /// | `AGENTRY_LLM_RETRY_MAX_BACKOFF_MS` | `retry.max_backoff` |
+    /// | `AGENTRY_LLM_BREAKER_FAILURE_THRESHOLD` | `breaker.failure_threshold` (at least 1) |
+    /// | `AGENTRY_LLM_BREAKER_OPEN_MS` | `breaker.open_for` |
+    ///
+    /// A value that is not a whole number is ignored with a warning (the default stays).
+    pub fn with_env(mut self, env: &dyn Fn(&str) -> Option<String>) -> Self {
+        if let Some(dir) = env(secrets::SECRETS_DIR_ENV).filter(|d| !d.is_empty()) {
+            self.secrets_dir = PathBuf::from(dir);
         }
-        config
+        let number = |name: &str| -> Option<u64> {
+            let value = env(name)?;
+            let parsed = value.trim().parse::<u64>();
+            if parsed.is_err() {
+                tracing::warn!(variable = name, value, "not a whole number; ignored");
+            }
+            parsed.ok()
+        };
+        let count = |name: &str| number(name).map(|n| u32::try_from(n.max(1)).unwrap_or(u32::MAX));
+        if let Some(n) = count("AGENTRY_LLM_RETRY_MAX_ATTEMPTS") {
+            self.retry.max_attempts = n;
+        }
+        if let Some(ms) = number("AGENTRY_LLM_RETRY_INITIAL_BACKOFF_MS") {
+            self.retry.initial_backoff = Duration::from_millis(ms);
+        }
+        if let Some(ms) = number("AGENTRY_LLM_RETRY_MAX_BACKOFF_MS") {
+            self.retry.max_backoff = Duration::from_millis(ms);
+        }
+        if let Some(n) = count("AGENTRY_LLM_BREAKER_FAILURE_THRESHOLD") {
+            self.breaker.failure_threshold = n;
+        }
+        if let Some(ms) = number("AGENTRY_LLM_BREAKER_OPEN_MS") {
+            self.breaker.open_for = Duration::from_millis(ms);
+        }
+        self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn environment_overrides_retry_and_breaker_settings() {
+        let env = |name: &str| match name {
+            "AGENTRY_LLM_RETRY_MAX_ATTEMPTS" => Some("0".to_owned()),
+            "AGENTRY_LLM_RETRY_INITIAL_BACKOFF_MS" => Some(" 20 ".to_owned()),
+            "AGENTRY_LLM_BREAKER_FAILURE_THRESHOLD" => Some("3".to_owned()),
+            "AGENTRY_LLM_BREAKER_OPEN_MS" => Some("1500".to_owned()),
+            "AGENTRY_LLM_RETRY_MAX_BACKOFF_MS" => Some("soon".to_owned()),
+            _ => None,
+        };
+        let config = LlmConfig::default().with_env(&env);
+        assert_eq!(config.retry.max_attempts, 1);
+        assert_eq!(config.retry.initial_backoff, Duration::from_millis(20));
+        assert_eq!(config.retry.max_backoff, RetryPolicy::default().max_backoff);
+        assert_eq!(config.breaker.failure_threshold, 3);
+        assert_eq!(config.breaker.open_for, Duration::from_millis(1500));
+        assert_eq!(config.secrets_dir, LlmConfig::default().secrets_dir);
     }
 }

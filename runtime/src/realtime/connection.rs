@@ -255,6 +255,7 @@ async fn start(
             "this conversation was handed to a person; the agent no longer answers it",
         ));
     }
+    store::ensure_no_pending_approval(&mut tx, caller.tenant.id, turn.conversation).await?;
     let agent = conversation
         .agent
         .clone()
@@ -406,10 +407,17 @@ async fn write(
         }
     };
     let (code, reason) = match ending {
-        Ending::Slow => (
-            CLOSE_TRY_AGAIN_LATER,
-            "slow consumer: the client fell behind",
-        ),
+        Ending::Slow => {
+            // Logged before the close is attempted: the attempt may take its whole bound.
+            tracing::warn!(
+                code = CLOSE_TRY_AGAIN_LATER,
+                "slow consumer: closing the socket"
+            );
+            (
+                CLOSE_TRY_AGAIN_LATER,
+                "slow consumer: the client fell behind",
+            )
+        }
         Ending::Idle => (CLOSE_GOING_AWAY, "idle timeout"),
         Ending::Shutdown => (CLOSE_GOING_AWAY, "server shutting down"),
         Ending::Gone => return ending,

@@ -111,7 +111,7 @@ mod tests {
 
     #[test]
     fn argument_shapes_are_checked() {
-        let clock = ManualClock::new(chrono::Utc::now());
+        let clock = ManualClock::new();
         let s = ToolSettings::default();
         let t = builtin(BuiltinName::TransferToAgent);
         assert!(run(&t, &json!({}), &clock, &s).is_err());

@@ -32,7 +32,7 @@ pub use resilience::{Clock, Jitter, ManualClock, MaxJitter, RandomJitter, System
 pub use secrets::{ChainedSecrets, EnvSecrets, MountedSecrets, SecretSource, StaticSecrets};
 
 use crate::metrics::{Metrics, ToolLabels};
-use resilience::{Bulkhead, CircuitBreaker, CircuitState, RetryPlan};
+use resilience::{BreakerPolicy, Bulkhead, CircuitBreaker, CircuitState, RetryPlan};
 use ssrf::{EgressAllowlist, VettingResolver};
 
 /// Bytes of a response body read at most; the rest is never downloaded.
@@ -402,12 +402,12 @@ impl ToolRuntime {
                 tool: tool.name.clone(),
             })
             .clone();
-        let breaker = Arc::new(CircuitBreaker::new(
-            r.circuit_failure_threshold,
-            Duration::from_secs(u64::from(r.circuit_open_seconds.unwrap_or(30))),
-            self.clock.clone(),
-            gauge,
-        ));
+        let policy = BreakerPolicy {
+            // No threshold: no breaker.
+            failure_threshold: r.circuit_failure_threshold.unwrap_or(0),
+            open_for: Duration::from_secs(u64::from(r.circuit_open_seconds.unwrap_or(30))),
+        };
+        let breaker = Arc::new(CircuitBreaker::new(policy, self.clock.clone(), Some(gauge)));
         let allow = Arc::new(EgressAllowlist::new(&tool.egress_allow_hosts));
         let client = match tool.type_ {
             ToolType::Builtin => None,
@@ -445,9 +445,11 @@ fn enter(
     state: &ToolState,
 ) -> Result<(&reqwest::Client, Option<tokio::sync::OwnedSemaphorePermit>), ToolError> {
     if state.breaker.state() == CircuitState::Open
-        && let Err(retry_after_secs) = state.breaker.try_acquire()
+        && let Err(wait) = state.breaker.try_acquire()
     {
-        return Err(ToolError::CircuitOpen { retry_after_secs });
+        return Err(ToolError::CircuitOpen {
+            retry_after_secs: resilience::retry_after_secs(wait),
+        });
     }
     let slot = state.bulkhead.try_enter().ok_or(ToolError::Overloaded)?;
     let client = state

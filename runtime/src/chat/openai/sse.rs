@@ -1,0 +1,203 @@
+//! Streamed chat completions in OpenAI's chunk format: a first chunk with the assistant role,
+//! one chunk per text delta, the tool calls, a chunk with the finish reason, with
+//! `stream_options.include_usage` a last chunk with the usage and no choices, then
+//! `data: [DONE]`.
+//!
+//! The response starts only once the answer has: an error before that (a spent budget, a
+//! token limit, every model failed) is answered as an HTTP error, as OpenAI does. A failure
+//! after it started is a `data: {"error": {...}}` chunk.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use axum::response::sse::{Event, Sse};
+use axum::response::{IntoResponse, Response};
+use futures::StreamExt as _;
+use futures::stream;
+use serde_json::{Value, json};
+use tokio::sync::{mpsc, oneshot};
+
+use super::{errors, wire};
+use crate::agents::{TurnEvent, TurnUsage};
+use crate::error::{ApiError, ApiResult};
+use crate::llm::{Completion, ToolCall};
+
+/// How an answer ended.
+#[derive(Debug)]
+pub(super) struct Finished {
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub tool_calls: Vec<ToolCall>,
+    pub finish_reason: &'static str,
+}
+
+impl Finished {
+    /// An agent turn: text only (its tools ran on the server).
+    pub fn text(usage: TurnUsage) -> Self {
+        Self {
+            input_tokens: usage.input_tokens,
+            output_tokens: usage.output_tokens,
+            tool_calls: Vec::new(),
+            finish_reason: "stop",
+        }
+    }
+
+    /// One model call.
+    pub fn completion(c: &Completion) -> Self {
+        Self {
+            input_tokens: u64::from(c.usage.input_tokens),
+            output_tokens: u64::from(c.usage.output_tokens),
+            tool_calls: c.tool_calls.clone(),
+            finish_reason: wire::finish_reason(&c.finish_reason),
+        }
+    }
+
+    /// OpenAI's `usage` object.
+    pub fn usage_json(&self) -> Value {
+        json!({"prompt_tokens": self.input_tokens, "completion_tokens": self.output_tokens,
+               "total_tokens": self.input_tokens + self.output_tokens})
+    }
+}
+
+/// Where the answer's end arrives.
+pub(super) type Done = oneshot::Receiver<Result<Finished, ApiError>>;
+
+/// Writes the chunks of one answer.
+#[derive(Debug)]
+pub(super) struct Chunks {
+    id: String,
+    model: String,
+    created: i64,
+    include_usage: bool,
+}
+
+impl Chunks {
+    pub fn new(id: String, model: String, include_usage: bool) -> Arc<Self> {
+        Arc::new(Self {
+            id,
+            model,
+            created: chrono::Utc::now().timestamp(),
+            include_usage,
+        })
+    }
+
+    fn chunk(&self, choices: Value, usage: Option<Value>) -> String {
+        let mut chunk = json!({"id": self.id, "object": "chat.completion.chunk",
+                               "created": self.created, "model": self.model,
+                               "choices": choices});
+        // OpenAI sends `usage` (null until the last chunk) only when it was asked for.
+        if self.include_usage {
+            chunk["usage"] = usage.unwrap_or(Value::Null);
+        }
+        chunk.to_string()
+    }
+
+    fn delta(&self, delta: Value, finish: Option<&str>) -> String {
+        self.chunk(
+            json!([{"index": 0, "delta": delta, "finish_reason": finish}]),
+            None,
+        )
+    }
+
+    fn text(&self, text: &str) -> String {
+        self.delta(json!({"content": text}), None)
+    }
+
+    /// The chunks after the last delta.
+    fn end(
+        &self,
+        result: Result<Result<Finished, ApiError>, oneshot::error::RecvError>,
+    ) -> Vec<String> {
+        let finished = match result {
+            Ok(Ok(finished)) => finished,
+            Ok(Err(e)) => return vec![errors::render(&e).1.to_string()],
+            Err(_) => {
+                return vec![
+                    errors::render(&ApiError::internal("the answer was lost"))
+                        .1
+                        .to_string(),
+                ];
+            }
+        };
+        let mut out = Vec::with_capacity(3);
+        if !finished.tool_calls.is_empty() {
+            let calls: Vec<Value> = finished
+                .tool_calls
+                .iter()
+                .enumerate()
+                .map(|(i, c)| {
+                    json!({"index": i, "id": c.id, "type": "function",
+                           "function": {"name": c.name, "arguments": c.arguments}})
+                })
+                .collect();
+            out.push(self.delta(json!({"tool_calls": calls}), None));
+        }
+        out.push(self.delta(json!({}), Some(finished.finish_reason)));
+        if self.include_usage {
+            out.push(self.chunk(json!([]), Some(finished.usage_json())));
+        }
+        out
+    }
+}
+
+/// The next text delta, skipping the turn's other events; `None` once the turn has ended.
+async fn next_text(rx: &mut mpsc::UnboundedReceiver<TurnEvent>) -> Option<Option<String>> {
+    match rx.recv().await? {
+        TurnEvent::Token { delta } => Some(Some(delta)),
+        _ => Some(None),
+    }
+}
+
+/// Waits for the answer to start, then streams it. An error before any event is the
+/// response's error.
+pub(super) async fn respond(
+    chunks: Arc<Chunks>,
+    mut rx: mpsc::UnboundedReceiver<TurnEvent>,
+    done: Done,
+) -> ApiResult<Response> {
+    // Any event (a token, a tool call of an agent) means the model call was admitted and
+    // answered; none before the end means the turn failed or produced nothing.
+    let first = next_text(&mut rx).await;
+    let (first, done) = match first {
+        Some(first) => (first, done),
+        None => match done.await {
+            Ok(Err(e)) => return Err(e),
+            ended => (None, oneshot_ready(ended)),
+        },
+    };
+    let role = chunks.delta(json!({"role": "assistant", "content": ""}), None);
+    let head: Vec<String> = std::iter::once(role)
+        .chain(first.map(|t| chunks.text(&t)))
+        .collect();
+    let deltas = {
+        let chunks = chunks.clone();
+        stream::unfold(rx, move |mut rx| {
+            let chunks = chunks.clone();
+            async move {
+                loop {
+                    match next_text(&mut rx).await? {
+                        Some(text) => return Some((chunks.text(&text), rx)),
+                        None => continue,
+                    }
+                }
+            }
+        })
+    };
+    let end = stream::once(async move { chunks.end(done.await) }).flat_map(stream::iter);
+    let events = stream::iter(head)
+        .chain(deltas)
+        .chain(end)
+        .chain(stream::once(async { "[DONE]".to_owned() }))
+        .map(|data| Ok::<_, Infallible>(Event::default().data(data)));
+    Ok(Sse::new(events).into_response())
+}
+
+/// A receiver that yields `result` at once (the end already arrived while waiting for the
+/// start).
+fn oneshot_ready(result: Result<Result<Finished, ApiError>, oneshot::error::RecvError>) -> Done {
+    let (tx, rx) = oneshot::channel();
+    if let Ok(result) = result {
+        let _ = tx.send(result);
+    }
+    rx
+}
