@@ -65,19 +65,43 @@ fn program(expr: &str) -> Result<Arc<cel::Program>, ExprError> {
 pub fn eval_cel(expr: &str, scope: Scope<'_>) -> Result<Value, ExprError> {
     let program = program(expr)?;
     let mut context = cel::Context::default();
-    let bind = |name: &str, value: &Value| {
-        cel::to_value(value).map_err(|e| ExprError(format!("CEL `{expr}`: {name}: {e}")))
-    };
-    context.add_variable_from_value("input", bind("input", scope.input)?);
-    context.add_variable_from_value("state", bind("state", &Value::Object(scope.state.clone()))?);
-    context.add_variable_from_value("flags", bind("flags", scope.flags)?);
-    context.add_variable_from_value("run", bind("run", scope.run)?);
+    context.add_variable_from_value("input", to_cel(scope.input));
+    context.add_variable_from_value("state", object_to_cel(scope.state));
+    context.add_variable_from_value("flags", to_cel(scope.flags));
+    context.add_variable_from_value("run", to_cel(scope.run));
     let value = program
         .execute(&context)
         .map_err(|e| ExprError(format!("CEL `{expr}` failed: {e}")))?;
     value
         .json()
         .map_err(|e| ExprError(format!("CEL `{expr}` produced a value without a JSON form: {e}")))
+}
+
+/// JSON as CEL sees it. Every integer that fits is an `int` (JSON has no unsigned type, and
+/// CEL does not mix `int` and `uint` in arithmetic), so `state.count + 1` works on any count.
+fn to_cel(value: &Value) -> cel::Value {
+    match value {
+        Value::Null => cel::Value::Null,
+        Value::Bool(b) => cel::Value::Bool(*b),
+        Value::Number(n) => match (n.as_i64(), n.as_u64(), n.as_f64()) {
+            (Some(i), _, _) => cel::Value::Int(i),
+            (None, Some(u), _) => cel::Value::UInt(u),
+            (_, _, f) => cel::Value::Float(f.unwrap_or(f64::NAN)),
+        },
+        Value::String(s) => cel::Value::String(Arc::new(s.clone())),
+        Value::Array(items) => cel::Value::List(Arc::new(items.iter().map(to_cel).collect())),
+        Value::Object(map) => object_to_cel(map),
+    }
+}
+
+fn object_to_cel(map: &Map<String, Value>) -> cel::Value {
+    let entries: std::collections::HashMap<cel::objects::Key, cel::Value> = map
+        .iter()
+        .map(|(k, v)| (cel::objects::Key::String(Arc::new(k.clone())), to_cel(v)))
+        .collect();
+    cel::Value::Map(cel::objects::Map {
+        map: Arc::new(entries),
+    })
 }
 
 /// Evaluates a CEL condition; anything but a boolean is an error.
@@ -196,6 +220,7 @@ mod tests {
     fn cel_values_come_back_as_json() {
         with_scope(json!({"items": [1, 2, 3]}), |s| {
             assert_eq!(eval_cel("size(state.items)", s), Ok(json!(3)));
+            assert_eq!(eval_cel("state.items[0] + 1", s), Ok(json!(2)));
             assert_eq!(eval_cel("{'a': input.orderId}", s), Ok(json!({"a": "A-1"})));
         });
     }
