@@ -302,7 +302,11 @@ async fn approval_timeouts_apply_on_timeout_and_on_deny() {
     run.cursor.wait.as_mut().unwrap().until = Utc::now() - chrono::Duration::seconds(1);
     run.status = RunStatus::Running;
     run_to_rest(&mut run, &fake).await;
-    assert_eq!(run.result, Some(json!("refused")), "timeout defaults to Deny → onDeny");
+    assert_eq!(
+        run.result,
+        Some(json!("refused")),
+        "timeout defaults to Deny → onDeny"
+    );
 }
 
 #[tokio::test]
@@ -354,10 +358,20 @@ async fn retries_back_off_and_reuse_the_idempotency_key() {
     let journal = run_to_rest(&mut run, &fake).await;
     assert_eq!(run.status, RunStatus::Succeeded);
     assert_eq!(journal.steps()[0].attempts, 3);
-    assert!(started.elapsed() >= Duration::from_millis(300), "100 + 200 ms of backoff");
+    assert!(
+        started.elapsed() >= Duration::from_millis(300),
+        "100 + 200 ms of backoff"
+    );
     let calls = fake.calls_of("flaky");
-    assert_eq!(calls.iter().map(|c| c.attempt).collect::<Vec<_>>(), [1, 2, 3]);
-    assert!(calls.iter().all(|c| c.idempotency_key == calls[0].idempotency_key));
+    assert_eq!(
+        calls.iter().map(|c| c.attempt).collect::<Vec<_>>(),
+        [1, 2, 3]
+    );
+    assert!(
+        calls
+            .iter()
+            .all(|c| c.idempotency_key == calls[0].idempotency_key)
+    );
 
     let fake = Fake::default().failing("flaky", 3);
     let mut run = new_run(wf, json!({}));
@@ -385,7 +399,10 @@ async fn a_slow_attempt_times_out_and_on_error_takes_over() {
     assert_eq!(run.status, RunStatus::Succeeded);
     let first = &journal.steps()[0];
     assert_eq!(first.status, StepStatus::Failed);
-    assert!(first.error.as_deref().unwrap().contains("timed out"), "{first:?}");
+    assert!(
+        first.error.as_deref().unwrap().contains("timed out"),
+        "{first:?}"
+    );
     assert_eq!(run.cursor.state["recovered"], json!(true));
     assert_eq!(run.cursor.state["result"]["node"], json!("call"));
 }
@@ -404,7 +421,12 @@ async fn cel_and_template_errors_fail_the_step_with_the_expression() {
     assert_eq!(run.status, RunStatus::Failed);
     let step = &journal.steps()[0];
     assert_eq!(step.status, StepStatus::Failed);
-    assert!(step.error.as_deref().unwrap().contains("state.missing.total > 1.0"));
+    assert!(
+        step.error
+            .as_deref()
+            .unwrap()
+            .contains("state.missing.total > 1.0")
+    );
 
     let wf = workflow(
         "say",
@@ -415,8 +437,17 @@ async fn cel_and_template_errors_fail_the_step_with_the_expression() {
     let mut run = new_run(wf, json!({}));
     let journal = run_to_rest(&mut run, &fake).await;
     assert_eq!(run.status, RunStatus::Failed);
-    assert!(journal.steps()[0].error.as_deref().unwrap().contains("template"));
-    assert!(fake.calls.lock().is_empty(), "nothing is called with a broken prompt");
+    assert!(
+        journal.steps()[0]
+            .error
+            .as_deref()
+            .unwrap()
+            .contains("template")
+    );
+    assert!(
+        fake.calls.lock().is_empty(),
+        "nothing is called with a broken prompt"
+    );
 }
 
 #[tokio::test]
@@ -478,8 +509,17 @@ async fn a_failed_parallel_child_fails_the_join() {
     let mut run = new_run(wf, json!({}));
     run_to_rest(&mut run, &fake).await;
     assert_eq!(run.status, RunStatus::Succeeded);
-    assert!(run.result.unwrap().as_str().unwrap().contains("b: tb is down"));
-    assert!(run.cursor.state.contains_key("a"), "successful children still write");
+    assert!(
+        run.result
+            .unwrap()
+            .as_str()
+            .unwrap()
+            .contains("b: tb is down")
+    );
+    assert!(
+        run.cursor.state.contains_key("a"),
+        "successful children still write"
+    );
 }
 
 #[tokio::test]
@@ -555,9 +595,19 @@ async fn the_same_run_takes_the_same_steps() {
 /// A node of a random graph: a transform or a branch to random targets.
 #[derive(Clone, Debug)]
 enum Gen {
-    Transform { next: usize, max_visits: Option<u32> },
-    Branch { when: Vec<(bool, usize)>, next: usize },
-    Tool { next: usize, fail: bool, on_error: usize },
+    Transform {
+        next: usize,
+        max_visits: Option<u32>,
+    },
+    Branch {
+        when: Vec<(bool, usize)>,
+        next: usize,
+    },
+    Tool {
+        next: usize,
+        fail: bool,
+        on_error: usize,
+    },
 }
 
 fn gen_graph() -> impl Strategy<Value = (Vec<Gen>, u32)> {
@@ -572,8 +622,13 @@ fn gen_graph() -> impl Strategy<Value = (Vec<Gen>, u32)> {
                 target.clone()
             )
                 .prop_map(|(when, next)| Gen::Branch { when, next }),
-            (target.clone(), any::<bool>(), target.clone())
-                .prop_map(|(next, fail, on_error)| Gen::Tool { next, fail, on_error }),
+            (target.clone(), any::<bool>(), target.clone()).prop_map(|(next, fail, on_error)| {
+                Gen::Tool {
+                    next,
+                    fail,
+                    on_error,
+                }
+            }),
         ];
         (proptest::collection::vec(node, n), 1u32..60)
     })

@@ -501,7 +501,12 @@ impl Turn {
         .await
         {
             Ok(run) => run,
-            Err(e) => return (format!("workflow {workflow:?} was not started: {}", e.message), true),
+            Err(e) => {
+                return (
+                    format!("workflow {workflow:?} was not started: {}", e.message),
+                    true,
+                );
+            }
         };
         let settled = crate::orchestrator::follow::settle(
             &self.state,

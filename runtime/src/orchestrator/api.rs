@@ -366,7 +366,11 @@ async fn list_runs(
     }))
 }
 
-pub(crate) async fn visible_run(state: &AppState, caller: &Caller, id: Uuid) -> Result<RunRow, ApiError> {
+pub(crate) async fn visible_run(
+    state: &AppState,
+    caller: &Caller,
+    id: Uuid,
+) -> Result<RunRow, ApiError> {
     store::get(&state.db, caller.tenant.id, id)
         .await?
         .filter(|row| caller.user_id().is_none() || row.started_by == caller.actor())

@@ -318,10 +318,7 @@ fn failed(node: &Node, record: StepRecord) -> Outcome {
     let error = record.error.clone().unwrap_or_default();
     match &node.on_error {
         Some(target) => Outcome {
-            writes: vec![(
-                output_key(node),
-                json!({"error": error, "node": node.id}),
-            )],
+            writes: vec![(output_key(node), json!({"error": error, "node": node.id}))],
             records: vec![record],
             transition: Transition::Goto(Some(target.clone())),
         },
@@ -353,13 +350,13 @@ async fn next_step<E: NodeExecutor>(run: &mut Run, executor: &E) -> Outcome {
     };
     let max_steps = run.workflow.max_steps;
     let children = node.parallel.as_ref().map_or(0, |p| p.nodes.len());
-    let needed = u32::try_from(children).unwrap_or(u32::MAX).saturating_add(1);
+    let needed = u32::try_from(children)
+        .unwrap_or(u32::MAX)
+        .saturating_add(1);
     if run.cursor.steps.saturating_add(needed) > max_steps {
         return end_now(
             RunStatus::Failed,
-            format!(
-                "the run reached its step limit (maxSteps {max_steps}) before node {id:?}"
-            ),
+            format!("the run reached its step limit (maxSteps {max_steps}) before node {id:?}"),
         );
     }
     let visit = enter(run, &node);
@@ -374,7 +371,16 @@ async fn next_step<E: NodeExecutor>(run: &mut Run, executor: &E) -> Outcome {
     let seq = run.cursor.steps;
     let outcome = if let Some(parallel) = &node.parallel {
         let max = parallel.max_concurrency.map_or(children, |m| m as usize);
-        parallel_step(run, executor, &node, &parallel.nodes, max.max(1), seq, visit).await
+        parallel_step(
+            run,
+            executor,
+            &node,
+            &parallel.nodes,
+            max.max(1),
+            seq,
+            visit,
+        )
+        .await
     } else {
         single_step(run, executor, &node, seq, visit, None).await
     };
@@ -430,8 +436,8 @@ async fn single_step<E: NodeExecutor>(
         return match expr::render(&approval.message, s) {
             Ok(message) => {
                 let seconds = approval.timeout_seconds.unwrap_or(DEFAULT_APPROVAL_SECONDS);
-                let until = (Utc::now() + chrono::Duration::seconds(i64::from(seconds)))
-                    .min(run.deadline);
+                let until =
+                    (Utc::now() + chrono::Duration::seconds(i64::from(seconds))).min(run.deadline);
                 let record = step.finish(
                     StepStatus::Waiting,
                     0,
@@ -468,8 +474,7 @@ async fn single_step<E: NodeExecutor>(
                         },
                     },
                     HandoffMode::Pause => {
-                        let record =
-                            step.finish(StepStatus::Waiting, 0, None, Some(output), None);
+                        let record = step.finish(StepStatus::Waiting, 0, None, Some(output), None);
                         pause(record, node, WaitKind::Handoff, reason, run.deadline)
                     }
                 }
@@ -509,13 +514,7 @@ fn end_step(node: &Node, step: Step, s: Scope<'_>) -> Outcome {
     };
     match result {
         Ok(result) => Outcome {
-            records: vec![step.finish(
-                StepStatus::Succeeded,
-                0,
-                None,
-                Some(result.clone()),
-                None,
-            )],
+            records: vec![step.finish(StepStatus::Succeeded, 0, None, Some(result.clone()), None)],
             writes: Vec::new(),
             transition: Transition::End {
                 status: RunStatus::Succeeded,
@@ -603,7 +602,11 @@ fn render_work(node: &Node, s: Scope<'_>) -> Result<Work, ExprError> {
     if let Some(l) = &node.llm {
         return Ok(Work::Llm {
             model: l.model.clone(),
-            system: l.system.as_deref().map(|t| expr::render(t, s)).transpose()?,
+            system: l
+                .system
+                .as_deref()
+                .map(|t| expr::render(t, s))
+                .transpose()?,
             prompt: expr::render(&l.prompt, s)?,
             temperature: l.temperature,
             max_tokens: l.max_tokens,
@@ -701,7 +704,9 @@ async fn work_step<E: NodeExecutor>(
             Err(e) if attempt <= retries => {
                 let factor = 1u64 << (attempt - 1).min(20);
                 let pause = Duration::from_millis(u64::from(backoff).saturating_mul(factor));
-                let left = (run.deadline - Utc::now()).to_std().unwrap_or(Duration::ZERO);
+                let left = (run.deadline - Utc::now())
+                    .to_std()
+                    .unwrap_or(Duration::ZERO);
                 if pause >= left {
                     break format!("{e} (no time left before the run's deadline to retry)");
                 }
@@ -755,14 +760,20 @@ async fn parallel_step<E: NodeExecutor>(
     for (i, id) in children.iter().enumerate() {
         let Some(child) = run.workflow.nodes.get(id).cloned() else {
             let error = format!("parallel child {id:?} is not in the workflow");
-            return failed(node, step.finish(StepStatus::Failed, 0, None, None, Some(error)));
+            return failed(
+                node,
+                step.finish(StepStatus::Failed, 0, None, None, Some(error)),
+            );
         };
         if !runs_in_parallel(&child) {
             let error = format!(
                 "parallel child {id:?} is a {} node; only agent, llm, tool, retrieve and transform nodes run in parallel",
                 kind(&child)
             );
-            return failed(node, step.finish(StepStatus::Failed, 0, None, None, Some(error)));
+            return failed(
+                node,
+                step.finish(StepStatus::Failed, 0, None, None, Some(error)),
+            );
         }
         let child_visit = enter(run, &child);
         let child_seq = seq + 1 + u32::try_from(i).unwrap_or(u32::MAX);
@@ -801,7 +812,11 @@ async fn parallel_step<E: NodeExecutor>(
             }
         }
         // A failed child's write is its error; only successful children write state.
-        if outcome.records.iter().all(|r| r.status != StepStatus::Failed) {
+        if outcome
+            .records
+            .iter()
+            .all(|r| r.status != StepStatus::Failed)
+        {
             writes.extend(outcome.writes);
         }
         records.extend(outcome.records);

@@ -72,9 +72,11 @@ pub fn eval_cel(expr: &str, scope: Scope<'_>) -> Result<Value, ExprError> {
     let value = program
         .execute(&context)
         .map_err(|e| ExprError(format!("CEL `{expr}` failed: {e}")))?;
-    value
-        .json()
-        .map_err(|e| ExprError(format!("CEL `{expr}` produced a value without a JSON form: {e}")))
+    value.json().map_err(|e| {
+        ExprError(format!(
+            "CEL `{expr}` produced a value without a JSON form: {e}"
+        ))
+    })
 }
 
 /// JSON as CEL sees it. Every integer that fits is an `int` (JSON has no unsigned type, and
@@ -228,10 +230,18 @@ mod tests {
     #[test]
     fn templates_render_and_refuse_undefined_values() {
         with_scope(json!({"refund": {"id": "R-9"}}), |s| {
-            assert_eq!(render("Refund {{ state.refund.id }}", s).unwrap(), "Refund R-9");
+            assert_eq!(
+                render("Refund {{ state.refund.id }}", s).unwrap(),
+                "Refund R-9"
+            );
             assert_eq!(render("{{ state.nope | default('x') }}", s).unwrap(), "x");
             assert!(render("{{ state.nope }}", s).is_err());
-            assert!(render("{{ state.refund.id", s).unwrap_err().0.contains("template"));
+            assert!(
+                render("{{ state.refund.id", s)
+                    .unwrap_err()
+                    .0
+                    .contains("template")
+            );
             assert_eq!(
                 render_value(&json!({"a": ["{{ input.orderId }}", 1]}), s).unwrap(),
                 json!({"a": ["A-1", 1]})

@@ -12,8 +12,8 @@
 pub mod api;
 pub mod engine;
 pub mod executor;
-pub mod follow;
 pub mod expr;
+pub mod follow;
 pub mod hub;
 pub mod model;
 pub mod store;

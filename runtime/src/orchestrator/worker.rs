@@ -122,7 +122,11 @@ async fn keep_lease(state: &AppState, tenant: &TenantHandle, run: Uuid) {
     }
 }
 
-async fn release(state: &AppState, tenant: &TenantHandle, owner: Uuid) -> Result<(), crate::db::DbError> {
+async fn release(
+    state: &AppState,
+    tenant: &TenantHandle,
+    owner: Uuid,
+) -> Result<(), crate::db::DbError> {
     let mut tx = state.db.begin(tenant.id).await?;
     sqlx::query(
         "update agentry.workflow_runs set status = 'pending', lease_owner = null,

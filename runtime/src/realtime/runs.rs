@@ -34,11 +34,21 @@ pub(super) async fn follow(
         true
     };
     if let Err(e) = caller.require(Scope::Workflows) {
-        send(run_event("run_error", run, json!({"code": e.code, "message": e.message}))).await;
+        send(run_event(
+            "run_error",
+            run,
+            json!({"code": e.code, "message": e.message}),
+        ))
+        .await;
         return;
     }
     if let Err(e) = crate::orchestrator::api::visible_run(&state, &caller, run).await {
-        send(run_event("run_error", run, json!({"code": e.code, "message": e.message}))).await;
+        send(run_event(
+            "run_error",
+            run,
+            json!({"code": e.code, "message": e.message}),
+        ))
+        .await;
         return;
     }
     let updates = follow::follow(state, caller.tenant.id, run, 0);
@@ -47,7 +57,11 @@ pub(super) async fn follow(
         let text = match update {
             Ok(RunUpdate::Step(step)) => run_event("run_step", run, json!({"step": step})),
             Ok(RunUpdate::Status(view)) => run_event("run_status", run, json!({"run": view})),
-            Err(e) => run_event("run_error", run, json!({"code": e.code, "message": e.message})),
+            Err(e) => run_event(
+                "run_error",
+                run,
+                json!({"code": e.code, "message": e.message}),
+            ),
         };
         if !send(text).await {
             return;
