@@ -4,8 +4,6 @@
 
 #![expect(
     clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
     reason = "test helpers: a failed setup step fails the test"
 )]
 
