@@ -76,6 +76,13 @@ pub struct CommonArgs {
     /// Most usage records queued for writing; past it, requests wait for room.
     #[arg(long, env = "AGENTRY_USAGE_QUEUE", default_value_t = 8192)]
     pub usage_queue: usize,
+    /// Workflow runs this replica drives at once.
+    #[arg(long, env = "AGENTRY_WORKFLOW_CONCURRENCY", default_value_t = 16)]
+    pub workflow_concurrency: usize,
+    /// Seconds a workflow run stays leased to a replica that stopped renewing it (a crashed
+    /// replica's runs continue elsewhere after this).
+    #[arg(long, env = "AGENTRY_WORKFLOW_LEASE_SECONDS", default_value_t = 15)]
+    pub workflow_lease_seconds: u64,
 }
 
 impl CommonArgs {

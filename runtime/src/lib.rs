@@ -16,6 +16,7 @@ pub mod gateway;
 pub mod http;
 pub mod llm;
 pub mod metrics;
+pub mod orchestrator;
 pub mod realtime;
 pub mod resilience;
 pub mod serve;

@@ -108,6 +108,34 @@ pub struct Metrics {
     pub tool_calls: Family<ToolLabels, Counter>,
     /// Tool call latency, retries included.
     pub tool_latency: Family<TenantToolLabels, Histogram>,
+    /// Workflow runs that ended, by workflow and outcome.
+    pub workflow_runs: Family<WorkflowRunLabels, Counter>,
+    /// Workflow step durations by workflow, node kind and status.
+    pub workflow_step_latency: Family<WorkflowStepLabels, Histogram>,
+}
+
+/// Labels of ended workflow runs.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WorkflowRunLabels {
+    /// Tenant name.
+    pub tenant: String,
+    /// Workflow name.
+    pub workflow: String,
+    /// Final status (`succeeded`, `failed`, `denied`, ...).
+    pub outcome: String,
+}
+
+/// Labels of workflow steps.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WorkflowStepLabels {
+    /// Tenant name.
+    pub tenant: String,
+    /// Workflow name.
+    pub workflow: String,
+    /// Node kind.
+    pub kind: String,
+    /// Step status.
+    pub status: String,
 }
 
 impl Default for Metrics {
@@ -186,6 +214,21 @@ impl Metrics {
             "Tool call latency, retries included",
             tool_latency.clone(),
         );
+        let workflow_runs = Family::<WorkflowRunLabels, Counter>::default();
+        let workflow_step_latency =
+            Family::<WorkflowStepLabels, Histogram>::new_with_constructor(|| {
+                Histogram::new(exponential_buckets(0.000_1, 2.0, 20))
+            });
+        registry.register(
+            "workflow_runs",
+            "Workflow runs that ended, by workflow and outcome",
+            workflow_runs.clone(),
+        );
+        registry.register(
+            "workflow_step_duration_seconds",
+            "Workflow step durations by workflow, node kind and status",
+            workflow_step_latency.clone(),
+        );
         Self {
             registry,
             http_requests,
@@ -199,7 +242,41 @@ impl Metrics {
             tool_circuit_state,
             tool_calls,
             tool_latency,
+            workflow_runs,
+            workflow_step_latency,
         }
+    }
+
+    /// Counts a run that ended.
+    pub fn workflow_run(&self, tenant: &str, workflow: &str, outcome: &str) {
+        self.workflow_runs
+            .get_or_create(&WorkflowRunLabels {
+                tenant: tenant.to_owned(),
+                workflow: workflow.to_owned(),
+                outcome: outcome.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Observes one workflow step.
+    pub fn workflow_step(
+        &self,
+        tenant: &str,
+        workflow: &str,
+        step: &crate::orchestrator::StepRecord,
+    ) {
+        let seconds = (step.finished_at - step.started_at)
+            .to_std()
+            .unwrap_or_default()
+            .as_secs_f64();
+        self.workflow_step_latency
+            .get_or_create(&WorkflowStepLabels {
+                tenant: tenant.to_owned(),
+                workflow: workflow.to_owned(),
+                kind: step.kind.clone(),
+                status: step.status.as_str().to_owned(),
+            })
+            .observe(seconds);
     }
 
     /// Counts one tool call and its latency.

@@ -143,6 +143,13 @@ impl Runtime {
             db,
             shutdown,
             dev_mode,
+            runs: Arc::new(crate::orchestrator::RunHub::new(
+                crate::orchestrator::hub::WorkerConfig {
+                    concurrency: common.workflow_concurrency.max(1),
+                    lease: Duration::from_secs(common.workflow_lease_seconds.max(3)),
+                    ..Default::default()
+                },
+            )),
         });
         let mut tasks = JoinSet::new();
         let relay = crate::events::Relay::new(
@@ -153,6 +160,7 @@ impl Runtime {
         );
         tasks.spawn(relay.run(state.shutdown.clone()));
         tasks.spawn(state.budgets.clone().run(state.shutdown.clone()));
+        tasks.spawn(crate::orchestrator::worker::run(state.clone()));
         Ok(Self { state, tasks })
     }
 

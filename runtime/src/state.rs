@@ -49,6 +49,8 @@ pub struct Shared {
     pub tool_secrets: Arc<dyn SecretSource>,
     /// Serving several tenants from a folder (dev mode).
     pub dev_mode: bool,
+    /// Workflow runs: worker settings and change signals.
+    pub runs: Arc<crate::orchestrator::RunHub>,
 }
 
 impl AppState {

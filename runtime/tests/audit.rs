@@ -55,6 +55,7 @@ fn state(db: &Db, tenants: Arc<agentry_runtime::bundles::TenantRegistry>) -> App
         db: db.clone(),
         shutdown: CancellationToken::new(),
         dev_mode: true,
+        runs: Default::default(),
     })
 }
 

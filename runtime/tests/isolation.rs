@@ -76,6 +76,18 @@ const SEEDS: &[(&str, &str)] = &[
            (tenant_id, id, conversation_id, message_id, tool_call_id, tool, arguments, agent)
          values ('{tenant}', '{id}', '{id}', '{id}', 'call', 'seed', '{}', 'seed')",
     ),
+    (
+        "workflow_runs",
+        "insert into agentry.workflow_runs
+           (tenant_id, id, workflow, revision, spec, input, cursor, started_by, principal, deadline)
+         values ('{tenant}', '{id}', 'seed', 'r1', '{}', '{}', '{}', 'seed', '{}', now())",
+    ),
+    (
+        "workflow_steps",
+        "insert into agentry.workflow_steps
+           (tenant_id, run_id, seq, node, kind, visit, status, started_at, finished_at)
+         values ('{tenant}', '{id}', 0, 'seed', 'tool', 1, 'succeeded', now(), now())",
+    ),
 ];
 
 /// Indexes on tenant tables that do not lead with `tenant_id`, and why.

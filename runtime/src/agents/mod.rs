@@ -31,6 +31,10 @@ use crate::tools::{ControlAction, ToolContext, ToolOutcome};
 use store::NewMessage;
 pub use store::StoredMessage;
 
+/// How long a `run_workflow` tool call waits for the run to end or pause; a run still going
+/// after that continues in the background and the model is told its id and status.
+pub const WORKFLOW_TOOL_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// The answer when a conversation is handed to a person.
 pub const ESCALATED_REPLY: &str =
     "I've passed this conversation to a member of our team. A person will reply here.";
@@ -423,6 +427,10 @@ impl Turn {
                     self.escalate(reason).await?;
                     next = Next::Stop;
                 }
+                Ok(ToolOutcome::Control(ControlAction::RunWorkflow { workflow, input })) => {
+                    let (text, error) = self.run_workflow(&workflow, input).await;
+                    self.tool_result(call, shown.clone(), text, error).await?;
+                }
                 other => {
                     let (text, error) = self.outcome_text(other);
                     self.tool_result(call, shown.clone(), text, error).await?;
@@ -478,6 +486,50 @@ impl Turn {
             tool: call.name.clone(),
             arguments,
         })
+    }
+
+    /// A `run_workflow` tool: starts the workflow for this caller and waits (at most
+    /// [`WORKFLOW_TOOL_WAIT`]) until it ends or pauses; the model sees the run's outcome.
+    async fn run_workflow(&self, workflow: &str, input: Value) -> (String, bool) {
+        let run = match crate::orchestrator::api::start(
+            &self.state,
+            &self.caller,
+            workflow,
+            input,
+            Some(self.conversation),
+        )
+        .await
+        {
+            Ok(run) => run,
+            Err(e) => {
+                return (
+                    format!("workflow {workflow:?} was not started: {}", e.message),
+                    true,
+                );
+            }
+        };
+        let settled = crate::orchestrator::follow::settle(
+            &self.state,
+            self.caller.tenant.id,
+            run.id,
+            WORKFLOW_TOOL_WAIT,
+        )
+        .await;
+        match settled {
+            Ok(row) => {
+                let view = crate::orchestrator::api::RunView::from_row(&row);
+                let failed = matches!(
+                    view.status,
+                    crate::orchestrator::RunStatus::Failed
+                        | crate::orchestrator::RunStatus::TimedOut
+                        | crate::orchestrator::RunStatus::Cancelled
+                );
+                let text = json!({"runId": view.id, "status": view.status, "result": view.result,
+                                  "error": view.error, "wait": view.wait});
+                (text.to_string(), failed)
+            }
+            Err(e) => (format!("workflow run {}: {}", run.id, e.message), true),
+        }
     }
 
     /// Switches the conversation to `to` when the current agent may hand off to it.

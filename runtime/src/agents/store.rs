@@ -214,6 +214,8 @@ pub struct Conversation {
     pub id: Uuid,
     /// Agent serving it now.
     pub agent: Option<String>,
+    /// Workflow answering it (a tenant whose chat starts with a workflow), when no agent does.
+    pub workflow: Option<String>,
     /// End user who owns it (none for API-key callers).
     pub user_id: Option<String>,
     /// Title.
@@ -233,7 +235,7 @@ pub struct Conversation {
 
 /// Columns of [`Conversation`].
 pub const CONVERSATION_COLUMNS: &str =
-    "id, agent, user_id, title, status, escalated, metadata, created_at, updated_at";
+    "id, agent, workflow, user_id, title, status, escalated, metadata, created_at, updated_at";
 
 /// The conversation `id` when `caller` may see it: its tenant's (RLS) and, for an end user,
 /// their own.

@@ -4,6 +4,7 @@
 
 pub mod openai;
 mod sse;
+mod workflow;
 
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
@@ -111,12 +112,32 @@ async fn create_conversation(
 ) -> ApiResult<(StatusCode, Json<Conversation>)> {
     caller.require(Scope::Chat)?;
     let bundle = caller.tenant.bundle();
-    let agent = body
-        .agent
-        .or_else(|| bundle.tenant.default_agent.clone())
-        .ok_or_else(|| ApiError::invalid("no agent given and the tenant has no default agent"))?;
-    if !bundle.agents.contains_key(&agent) {
+    // An explicit agent, else the tenant's default agent, else its default workflow.
+    let (agent, workflow) = match (
+        body.agent,
+        &bundle.tenant.default_agent,
+        &bundle.tenant.default_workflow,
+    ) {
+        (Some(agent), _, _) => (Some(agent), None),
+        (None, Some(agent), _) => (Some(agent.clone()), None),
+        (None, None, Some(workflow)) => (None, Some(workflow.clone())),
+        (None, None, None) => {
+            return Err(ApiError::invalid(
+                "no agent given and the tenant has no default agent or workflow",
+            ));
+        }
+    };
+    if let Some(agent) = &agent
+        && !bundle.agents.contains_key(agent)
+    {
         return Err(ApiError::invalid(format!("unknown agent {agent:?}")));
+    }
+    if let Some(workflow) = &workflow
+        && !bundle.workflows.contains_key(workflow)
+    {
+        return Err(ApiError::invalid(format!(
+            "the tenant's default workflow {workflow:?} is not runnable"
+        )));
     }
     let metadata = body.metadata.unwrap_or_else(|| json!({}));
     if !metadata.is_object() {
@@ -126,8 +147,8 @@ async fn create_conversation(
     let tenant = caller.tenant.id;
     let mut tx = state.db.begin(tenant).await?;
     let conversation: Conversation = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "insert into agentry.conversations (tenant_id, id, agent, user_id, title, metadata)
-         values ($1, $2, $3, $4, $5, $6) returning {CONVERSATION_COLUMNS}"
+        "insert into agentry.conversations (tenant_id, id, agent, user_id, title, metadata, workflow)
+         values ($1, $2, $3, $4, $5, $6, $7) returning {CONVERSATION_COLUMNS}"
     )))
     .bind(tenant.0)
     .bind(id)
@@ -135,6 +156,7 @@ async fn create_conversation(
     .bind(caller.user_id())
     .bind(&body.title)
     .bind(&metadata)
+    .bind(&workflow)
     .fetch_one(&mut *tx)
     .await?;
     events::emit(
@@ -142,7 +164,8 @@ async fn create_conversation(
         tenant,
         NewEvent::new(
             "conversation.created",
-            json!({"conversationId": id, "agent": agent, "userId": caller.user_id()}),
+            json!({"conversationId": id, "agent": agent, "workflow": workflow,
+                   "userId": caller.user_id()}),
         )
         .subject(id.to_string())
         .actor(caller.actor()),
@@ -262,6 +285,22 @@ async fn post_message(
         ));
     }
     store::ensure_no_pending_approval(&mut tx, caller.tenant.id, id).await?;
+    if let (None, Some(workflow)) = (&conversation.agent, &conversation.workflow) {
+        store::insert_message(
+            &mut tx,
+            &caller,
+            id,
+            &NewMessage {
+                role: "user",
+                content: &body.content,
+                ..NewMessage::default()
+            },
+        )
+        .await?;
+        tx.commit().await?;
+        let answer = workflow::answer(&state, &caller, id, workflow, &body.content).await?;
+        return Ok(workflow::respond(answer, streaming));
+    }
     let agent = conversation
         .agent
         .clone()

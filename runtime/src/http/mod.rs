@@ -100,6 +100,7 @@ fn authenticated_routes(state: &AppState, config: HttpConfig) -> OpenApiRouter<A
         .merge(crate::events::audit::router())
         .merge(admin::router())
         .merge(crate::chat::router())
+        .merge(crate::orchestrator::api::router())
         .layer(authenticate)
         .layer(timeout)
         .merge(openai)

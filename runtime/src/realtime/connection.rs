@@ -68,6 +68,7 @@ pub(super) async fn serve(
         out,
         slow: slow.clone(),
         turns: HashMap::new(),
+        runs: HashMap::new(),
         last_seen,
     };
     let reading = reader.read(stream);
@@ -94,6 +95,8 @@ struct Reader {
     out: mpsc::Sender<String>,
     slow: CancellationToken,
     turns: HashMap<Uuid, JoinHandle<()>>,
+    /// Followed workflow runs.
+    runs: HashMap<Uuid, JoinHandle<()>>,
     last_seen: std::sync::Arc<std::sync::Mutex<Instant>>,
 }
 
@@ -116,6 +119,9 @@ impl Reader {
         // Turns already started run to completion (and are persisted) like an SSE turn
         // whose client went away; their events are dropped with the queue.
         self.turns.clear();
+        for (_, follower) in self.runs.drain() {
+            follower.abort();
+        }
     }
 
     /// Queues a reply; a queue that stays full is the slow-consumer case.
@@ -142,6 +148,36 @@ impl Reader {
         };
         match message {
             ClientMessage::Ping { id } => self.reply(protocol::pong(id.as_deref())).await,
+            ClientMessage::Subscribe { run_id } => {
+                self.runs.retain(|_, t| !t.is_finished());
+                if self.runs.contains_key(&run_id) {
+                    return;
+                }
+                if self.runs.len() >= self.config.max_turns {
+                    let text = "too many runs followed on this connection";
+                    return self
+                        .reply(protocol::run_event(
+                            "run_error",
+                            run_id,
+                            serde_json::json!({"code": "too_many_runs", "message": text}),
+                        ))
+                        .await;
+                }
+                let follower = tokio::spawn(super::runs::follow(
+                    self.state.clone(),
+                    self.caller.clone(),
+                    run_id,
+                    self.out.clone(),
+                    self.config,
+                    self.slow.clone(),
+                ));
+                self.runs.insert(run_id, follower);
+            }
+            ClientMessage::Unsubscribe { run_id } => {
+                if let Some(follower) = self.runs.remove(&run_id) {
+                    follower.abort();
+                }
+            }
             ClientMessage::Cancel { conversation_id } => {
                 let turn = TurnRef {
                     conversation: conversation_id,

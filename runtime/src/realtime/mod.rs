@@ -3,6 +3,7 @@
 
 mod connection;
 pub mod protocol;
+mod runs;
 
 use std::time::Duration;
 

@@ -30,6 +30,17 @@ pub enum ClientMessage {
         /// The conversation.
         conversation_id: Uuid,
     },
+    /// Follows a workflow run: its steps (`run_step`) and status changes (`run_status`)
+    /// until it ends (scope `workflows`).
+    Subscribe {
+        /// The run.
+        run_id: Uuid,
+    },
+    /// Stops following a run.
+    Unsubscribe {
+        /// The run.
+        run_id: Uuid,
+    },
     /// Asks for a `pong`.
     Ping {
         /// Echoed in the `pong`.
@@ -114,6 +125,17 @@ pub fn error(code: &str, message: &str) -> String {
     json!({"type": "error", "code": code, "message": message}).to_string()
 }
 
+/// A `run_step`, `run_status` or `run_error` event of a followed workflow run.
+pub fn run_event(kind: &str, run: Uuid, fields: Value) -> String {
+    let mut object = Map::new();
+    object.insert("type".to_owned(), json!(kind));
+    object.insert("runId".to_owned(), json!(run));
+    if let Value::Object(extra) = fields {
+        object.extend(extra);
+    }
+    Value::Object(object).to_string()
+}
+
 /// The answer to a `ping`.
 pub fn pong(id: Option<&str>) -> String {
     match id {
@@ -140,6 +162,11 @@ mod tests {
         assert!(matches!(p, ClientMessage::Ping { id: None }));
         assert!(serde_json::from_str::<ClientMessage>(r#"{"type":"shout"}"#).is_err());
         assert!(serde_json::from_str::<ClientMessage>(r#"{"type":"cancel"}"#).is_err());
+        let sub: ClientMessage = serde_json::from_str(
+            r#"{"type":"subscribe","runId":"0190b6a8-0000-7000-8000-000000000001"}"#,
+        )
+        .unwrap();
+        assert!(matches!(sub, ClientMessage::Subscribe { .. }));
     }
 
     #[test]

@@ -180,6 +180,7 @@ impl Harness {
             db,
             shutdown: CancellationToken::new(),
             dev_mode,
+            runs: Default::default(),
         });
         (app(state.clone(), HttpConfig::default()), state)
     }
