@@ -44,3 +44,4 @@ setup:
 ## Benchmark (not part of `make test`): what the runtime adds over direct-to-mock; see docs/benchmarks.md.
 bench:
 	scripts/bench.sh
+	scripts/bench-workflows.sh
