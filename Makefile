@@ -46,6 +46,7 @@ setup:
 bench:
 	scripts/bench.sh
 	scripts/bench-operator.sh
+	scripts/bench-workflows.sh
 
 ## The operator at scale alone (1, 100, 10,000 tenants; no cluster needed).
 bench-operator:

@@ -42,11 +42,14 @@ struct Follower {
 
 impl Follower {
     async fn refresh(&mut self) -> Result<(), ApiError> {
-        let steps = store::steps(&self.state.db, self.tenant, self.run, self.next_seq).await?;
+        // The run first, then its steps: a checkpoint commits a step with the status it leads
+        // to, so steps read after a terminal status include the last one. (Read the other way
+        // round, a run that ended in between looked ended without its final steps.)
         let Some(row) = store::get(&self.state.db, self.tenant, self.run).await? else {
             self.ended = true;
             return Ok(());
         };
+        let steps = store::steps(&self.state.db, self.tenant, self.run, self.next_seq).await?;
         for step in steps {
             self.next_seq = step.seq + 1;
             self.queue.push_back(RunUpdate::Step(step));
