@@ -114,11 +114,31 @@ pub async fn emit(
     tenant: TenantId,
     event: NewEvent,
 ) -> Result<Uuid, sqlx::Error> {
+    let id = emit_unsignalled(conn, tenant, event).await?;
+    sqlx::query("select pg_notify('agentry_outbox', '')")
+        .execute(&mut *conn)
+        .await?;
+    Ok(id)
+}
+
+/// Like [`emit`], without waking the relay: the event is published at the relay's next poll
+/// (`RelayConfig::poll_interval`, 500 ms by default). For high-rate events whose transaction
+/// should not pay for a notification: PostgreSQL serialises the commits of all notifying
+/// transactions, so a notification per workflow step would cap checkpoints server-wide.
+pub async fn emit_unsignalled(
+    conn: &mut PgConnection,
+    tenant: TenantId,
+    event: NewEvent,
+) -> Result<Uuid, sqlx::Error> {
     let id = Uuid::now_v7();
     let traceparent = crate::telemetry::current_traceparent();
+    // One statement (one round trip) for the audit row and its outbox entry.
     sqlx::query(
-        "insert into agentry.events (tenant_id, id, type, version, subject, actor, data, traceparent)
-         values ($1, $2, $3, $4, $5, $6, $7, $8)",
+        "with event as (
+           insert into agentry.events (tenant_id, id, type, version, subject, actor, data, traceparent)
+           values ($1, $2, $3, $4, $5, $6, $7, $8)
+           returning tenant_id, id)
+         insert into agentry.event_outbox (tenant_id, event_id) select tenant_id, id from event",
     )
     .bind(tenant.0)
     .bind(id)
@@ -130,13 +150,5 @@ pub async fn emit(
     .bind(traceparent)
     .execute(&mut *conn)
     .await?;
-    sqlx::query("insert into agentry.event_outbox (tenant_id, event_id) values ($1, $2)")
-        .bind(tenant.0)
-        .bind(id)
-        .execute(&mut *conn)
-        .await?;
-    sqlx::query("select pg_notify('agentry_outbox', '')")
-        .execute(&mut *conn)
-        .await?;
     Ok(id)
 }

@@ -613,6 +613,9 @@ fn run_event_type(status: RunStatus) -> &'static str {
 }
 
 impl PgJournal<'_> {
+    /// A step's event. Steps are the high-rate part of a run, so their events do not wake the
+    /// relay (see [`events::emit_unsignalled`]); the run's status events in the same
+    /// checkpoint do, and a running run's step events go out within the relay's poll interval.
     async fn step_events(
         &self,
         conn: &mut PgConnection,
@@ -626,7 +629,7 @@ impl PgJournal<'_> {
             _ => "workflow.step.completed",
         };
         let duration_ms = (step.finished_at - step.started_at).num_milliseconds();
-        events::emit(
+        events::emit_unsignalled(
             conn,
             self.tenant,
             NewEvent::new(
