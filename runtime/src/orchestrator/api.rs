@@ -449,31 +449,11 @@ async fn decide(
     state.runs.wake();
     state.runs.changed(id);
     if let Some(timeout) = wait {
-        // Let the worker pick it up before waiting for it to settle again.
-        tokio::time::sleep(Duration::from_millis(10)).await;
-        row = settle_after_decision(&state, &caller, id, timeout).await?;
+        // The decided run is `pending` until a worker takes it, so it is not mistaken for the
+        // pause it just left: settling waits for its next pause or its end.
+        row = follow::settle(&state, caller.tenant.id, id, timeout).await?;
     }
     Ok(Json(RunView::from_row(&row)))
-}
-
-/// Like [`follow::settle`], but a run still `pending` right after the decision is not
-/// mistaken for a paused one: it waits for the run to leave the decided wait.
-async fn settle_after_decision(
-    state: &AppState,
-    caller: &Caller,
-    id: Uuid,
-    timeout: Duration,
-) -> Result<RunRow, ApiError> {
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        let row = follow::settle(state, caller.tenant.id, id, left).await?;
-        let decided = row.cursor.0.decision.is_some();
-        if !decided || tokio::time::Instant::now() >= deadline {
-            return Ok(row);
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 /// Cancels a run that has not ended.

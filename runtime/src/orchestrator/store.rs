@@ -305,8 +305,9 @@ pub async fn claim(
 ) -> Result<Vec<RunRow>, DbError> {
     let mut tx = db.begin(tenant).await?;
     let rows = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        // The CTE's columns are renamed so that RUN_COLUMNS stays unambiguous in RETURNING.
         "with runnable as (
-           select tenant_id, id from agentry.workflow_runs
+           select tenant_id as runnable_tenant, id as runnable_id from agentry.workflow_runs
            where tenant_id = $1
              and (status = 'pending'
                   or (status = 'running' and lease_until < now())
@@ -314,18 +315,13 @@ pub async fn claim(
            order by created_at
            limit $4
            for update skip locked)
-         update agentry.workflow_runs r
+         update agentry.workflow_runs
             set status = 'running', lease_owner = $2,
                 lease_until = now() + make_interval(secs => $3), claims = claims + 1,
                 updated_at = now()
            from runnable
-          where r.tenant_id = runnable.tenant_id and r.id = runnable.id
-         returning {}",
-        RUN_COLUMNS
-            .split(", ")
-            .map(|c| format!("r.{}", c.trim()))
-            .collect::<Vec<_>>()
-            .join(", ")
+          where tenant_id = runnable_tenant and id = runnable_id
+         returning {RUN_COLUMNS}"
     )))
     .bind(tenant.0)
     .bind(owner)
