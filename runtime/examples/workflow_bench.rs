@@ -5,7 +5,7 @@
 //!    journal, against a baseline measured in the same run: the same number of bare calls of
 //!    the no-op executor.
 //! 2. Checkpointed steps per second with PostgreSQL: the same tool chain journaled by
-//!    `store::PgJournal` (one transaction per step, fenced by the lease, with its events) for
+//!    `journal::PgJournal` (one statement per step, fenced by the lease, with its events) for
 //!    runs driven concurrently, against a baseline measured in the same run: single-row
 //!    inserts, one transaction each, at the same concurrency, without and with the
 //!    `pg_notify` that every event emission adds to its transaction.
@@ -25,8 +25,9 @@ use agentry_crds::bundle::{CompiledWorkflow, compile, group_by_tenant, parse_doc
 use agentry_runtime::db::{self, Db};
 use agentry_runtime::orchestrator::engine::{Journal, NodeExecutor, WorkCall, drive};
 use agentry_runtime::orchestrator::hub::{RunHub, WorkerConfig};
+use agentry_runtime::orchestrator::journal::PgJournal;
 use agentry_runtime::orchestrator::model::{Run, RunStatus, StepRecord};
-use agentry_runtime::orchestrator::store::{self, PgJournal, StoredPrincipal};
+use agentry_runtime::orchestrator::store::{self, StoredPrincipal};
 use agentry_runtime::tenancy::TenantId;
 use anyhow::{Context as _, bail};
 use serde_json::{Value, json};
@@ -531,7 +532,7 @@ async fn main() -> anyhow::Result<()> {
         pg.runs, pg.synchronous_commit
     );
     println!(
-        "  steps/s (PgJournal, 1 transaction per step) {:>9.0} (target ≥ 1000)",
+        "  steps/s (PgJournal, 1 statement per step)   {:>9.0} (target ≥ 1000)",
         pg.steps_per_second
     );
     println!(

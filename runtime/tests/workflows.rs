@@ -14,8 +14,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use agentry_crds::bundle::CompiledWorkflow;
-use agentry_runtime::orchestrator::store::{self, CheckpointError, PgJournal};
-use agentry_runtime::orchestrator::{Journal, RunHub, RunStatus};
+use agentry_runtime::db::DbError;
+use agentry_runtime::orchestrator::journal::{CheckpointError, PgJournal};
+use agentry_runtime::orchestrator::store;
+use agentry_runtime::orchestrator::{Journal, RunHub, RunStatus, StepRecord, StepStatus};
 use agentry_runtime::state::AppState;
 use auth_support::{Harness, bearer, call};
 use axum::Router;
@@ -363,7 +365,7 @@ async fn a_chat_can_start_with_a_workflow(admin: PgPool) {
 
 #[sqlx::test(migrator = "agentry_runtime::db::MIGRATOR")]
 async fn a_replica_that_lost_its_lease_cannot_checkpoint(admin: PgPool) {
-    let s = setup(admin.clone(), false).await;
+    let mut s = setup(admin.clone(), false).await;
     // Stop this setup's worker so that the test claims by hand.
     s.state.shutdown.cancel();
     let tenant = s.h.id("acme");
@@ -404,8 +406,12 @@ async fn a_replica_that_lost_its_lease_cannot_checkpoint(admin: PgPool) {
     assert_eq!(taken[0].claims, 2);
     run.status = RunStatus::Running;
     let hub = RunHub::default();
+    // The checkpoints go through tenant roles: one statement in autocommit (the shared role
+    // of the other tests takes the transaction path).
+    let acme_db = s.h.tenant_db("acme").await;
+    let globex_db = s.h.tenant_db("globex").await;
     let mut stale = PgJournal {
-        db: &s.state.db,
+        db: &acme_db,
         tenant,
         tenant_name: "acme",
         owner: first,
@@ -413,15 +419,84 @@ async fn a_replica_that_lost_its_lease_cannot_checkpoint(admin: PgPool) {
         metrics: None,
         actor: "user:u1".into(),
     };
+    let step = StepRecord {
+        seq: 1,
+        node: "lookup".into(),
+        kind: "tool".into(),
+        visit: 1,
+        parent: None,
+        status: StepStatus::Succeeded,
+        attempts: 1,
+        input: Some(json!({"orderId": "A-1"})),
+        output: Some(json!({"total": 20})),
+        error: None,
+        started_at: chrono::Utc::now(),
+        finished_at: chrono::Utc::now(),
+    };
+    let written = |table: &'static str| {
+        let admin = admin.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(format!(
+                "select count(*) from agentry.{table} where {}",
+                if table == "events" {
+                    "type like 'workflow.step.%' and subject = $1::text"
+                } else {
+                    "run_id = $1"
+                }
+            )))
+            .bind(run.id)
+            .fetch_one(&admin)
+            .await
+            .unwrap()
+        }
+    };
     assert!(matches!(
-        stale.checkpoint(&run, &[]).await,
+        stale.checkpoint(&run, std::slice::from_ref(&step)).await,
         Err(CheckpointError::LeaseLost)
     ));
-    let mut current = PgJournal {
+    assert_eq!(
+        written("workflow_steps").await,
+        0,
+        "a stale replica writes no step"
+    );
+    assert_eq!(written("events").await, 0, "nor its event");
+    let mut other_tenant = PgJournal {
+        db: &globex_db,
         owner: second,
         ..stale
     };
-    current.checkpoint(&run, &[]).await.unwrap();
+    assert!(
+        matches!(
+            other_tenant
+                .checkpoint(&run, std::slice::from_ref(&step))
+                .await,
+            Err(CheckpointError::Db(DbError::WrongTenant { .. }))
+        ),
+        "a tenant role is not used for another tenant"
+    );
+    other_tenant.tenant = s.h.id("globex");
+    assert!(
+        matches!(
+            other_tenant
+                .checkpoint(&run, std::slice::from_ref(&step))
+                .await,
+            Err(CheckpointError::LeaseLost)
+        ),
+        "another tenant's role does not see the run, whatever owner it names"
+    );
+    assert_eq!(written("workflow_steps").await, 0);
+    let mut current = PgJournal {
+        db: &acme_db,
+        tenant,
+        owner: second,
+        ..other_tenant
+    };
+    current.checkpoint(&run, &[step]).await.unwrap();
+    assert_eq!(written("workflow_steps").await, 1);
+    assert_eq!(written("events").await, 1);
+    let stored = store::steps(&s.state.db, tenant, run.id, 0).await.unwrap();
+    assert_eq!(stored[0].output, Some(json!({"total": 20})));
+    assert_eq!(stored[0].input, Some(json!({"orderId": "A-1"})));
     assert!(
         !store::heartbeat(&s.state.db, tenant, run.id, first, lease)
             .await

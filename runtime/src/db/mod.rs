@@ -9,8 +9,9 @@ mod migrate;
 
 pub use migrate::{MIGRATOR, migrate};
 
+use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::{PgPool, Postgres, Transaction};
+use sqlx::{PgConnection, PgPool, Postgres, Transaction};
 use std::str::FromStr;
 use std::time::Duration;
 use uuid::Uuid;
@@ -155,6 +156,20 @@ impl Db {
         &self.pool
     }
 
+    /// A connection for one statement that sees only `tenant`'s rows: for writes that fit in
+    /// one statement, it saves the `begin` and `commit` round trips of [`Db::begin`] where the
+    /// role allows it (see [`Statement`]).
+    pub async fn statement(&self, tenant: TenantId) -> Result<Statement, DbError> {
+        match self.mode {
+            RoleMode::Tenant(own) if own != tenant => Err(DbError::WrongTenant {
+                serves: own,
+                asked: tenant,
+            }),
+            RoleMode::Tenant(_) => Ok(Statement::Direct(self.pool.acquire().await?)),
+            RoleMode::Shared => Ok(Statement::Transaction(self.begin(tenant).await?)),
+        }
+    }
+
     /// Begins a transaction that sees only `tenant`'s rows.
     pub async fn begin(&self, tenant: TenantId) -> Result<Transaction<'static, Postgres>, DbError> {
         match self.mode {
@@ -173,6 +188,36 @@ impl Db {
                     .await?;
                 Ok(tx)
             }
+        }
+    }
+}
+
+/// A connection scoped to one tenant for a single statement, from [`Db::statement`].
+///
+/// A tenant role's connection sees only its tenant in every statement, so the statement runs
+/// on its own (one round trip, atomic as every PostgreSQL statement is). A shared role needs
+/// the tenant named first, which takes a transaction; [`Statement::finish`] commits it.
+pub enum Statement {
+    /// A tenant role's pooled connection, in autocommit.
+    Direct(PoolConnection<Postgres>),
+    /// A shared role's transaction naming the tenant.
+    Transaction(Transaction<'static, Postgres>),
+}
+
+impl Statement {
+    /// The connection to run the statement on.
+    pub fn conn(&mut self) -> &mut PgConnection {
+        match self {
+            Statement::Direct(conn) => conn,
+            Statement::Transaction(tx) => tx,
+        }
+    }
+
+    /// Commits the shared role's transaction; nothing to do for a tenant role.
+    pub async fn finish(self) -> Result<(), sqlx::Error> {
+        match self {
+            Statement::Direct(_) => Ok(()),
+            Statement::Transaction(tx) => tx.commit().await,
         }
     }
 }

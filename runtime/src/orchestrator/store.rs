@@ -1,9 +1,10 @@
-//! Runs and steps in PostgreSQL. Every statement runs in a tenant-scoped transaction
-//! ([`Db::begin`]), so row-level security keeps each tenant's runs to itself.
+//! Runs and steps in PostgreSQL. Every statement runs tenant-scoped ([`Db::begin`],
+//! [`Db::statement`]), so row-level security keeps each tenant's runs to itself.
 //!
-//! The lease is the fence: a worker writes a checkpoint only `where lease_owner = <itself>
-//! and status = 'running'`. A replica that lost its lease (it stalled past the lease, or the
-//! run was cancelled) finds no row to update, stops, and leaves the run to whoever holds it.
+//! The lease is the fence: a worker writes a checkpoint ([`super::journal`]) only `where
+//! lease_owner = <itself> and status = 'running'`. A replica that lost its lease (it stalled
+//! past the lease, or the run was cancelled) finds no row to update, stops, and leaves the
+//! run to whoever holds it.
 
 use std::time::Duration;
 
@@ -15,14 +16,11 @@ use sqlx::types::Json;
 use sqlx::{FromRow, PgConnection};
 use uuid::Uuid;
 
-use super::engine::Journal;
-use super::hub::RunHub;
 use super::model::{Cursor, Decision, Run, RunStatus, StepRecord, StepStatus, WaitKind};
 use crate::db::{Db, DbError};
 use crate::error::ApiError;
 use crate::events::{self, NewEvent};
 use crate::gateway::Principal;
-use crate::metrics::Metrics;
 use crate::tenancy::TenantId;
 
 /// Who started a run, stored so the run's model calls are attributed (and rate-limited) like
@@ -492,186 +490,4 @@ pub async fn cancel(
     .await?;
     tx.commit().await?;
     Ok(row)
-}
-
-/// The journal of a claimed run: checkpoints fenced by the lease, with events and metrics.
-pub struct PgJournal<'a> {
-    /// Database.
-    pub db: &'a Db,
-    /// Tenant.
-    pub tenant: TenantId,
-    /// Tenant name (metrics).
-    pub tenant_name: &'a str,
-    /// This replica's lease owner id.
-    pub owner: Uuid,
-    /// Signals for subscribers.
-    pub hub: &'a RunHub,
-    /// Metrics (none in benchmarks).
-    pub metrics: Option<&'a Metrics>,
-    /// Who started the run (the actor of its events).
-    pub actor: String,
-}
-
-/// Why a checkpoint did not land.
-#[derive(Debug, thiserror::Error)]
-pub enum CheckpointError {
-    /// This replica no longer holds the run (cancelled, or another replica took it over).
-    #[error("the run's lease is lost (cancelled or taken over)")]
-    LeaseLost,
-    /// The database failed.
-    #[error(transparent)]
-    Db(#[from] DbError),
-}
-
-impl From<sqlx::Error> for CheckpointError {
-    fn from(e: sqlx::Error) -> Self {
-        Self::Db(DbError::Sql(e))
-    }
-}
-
-impl Journal for PgJournal<'_> {
-    type Error = CheckpointError;
-
-    async fn checkpoint(&mut self, run: &Run, steps: &[StepRecord]) -> Result<(), CheckpointError> {
-        let tenant = self.tenant;
-        let mut tx = self.db.begin(tenant).await?;
-        let wake_at = (run.status == RunStatus::Waiting)
-            .then(|| run.cursor.wait.as_ref().map(|w| w.until.min(run.deadline)))
-            .flatten();
-        let previous: Option<String> = sqlx::query_scalar(
-            "update agentry.workflow_runs r
-                set status = $4, cursor = $5, result = $6, error = $7, wake_at = $8,
-                    lease_owner = case when $4 = 'running' then r.lease_owner end,
-                    lease_until = case when $4 = 'running' then r.lease_until end,
-                    finished_at = case when $4 in ('pending', 'running', 'waiting') then null
-                                       else now() end,
-                    updated_at = now()
-              where r.tenant_id = $1 and r.id = $2 and r.lease_owner = $3 and r.status = 'running'
-              returning 'running'",
-        )
-        .bind(tenant.0)
-        .bind(run.id)
-        .bind(self.owner)
-        .bind(run.status.as_str())
-        .bind(Json(&run.cursor))
-        .bind(&run.result)
-        .bind(&run.error)
-        .bind(wake_at)
-        .fetch_optional(&mut *tx)
-        .await?;
-        if previous.is_none() {
-            return Err(CheckpointError::LeaseLost);
-        }
-        for step in steps {
-            insert_step(&mut tx, tenant, run, step).await?;
-            self.step_events(&mut tx, run, step).await?;
-        }
-        if run.status != RunStatus::Running {
-            events::emit(
-                &mut tx,
-                tenant,
-                NewEvent::new(
-                    run_event_type(run.status),
-                    json!({"runId": run.id, "workflow": run.workflow.name,
-                           "status": run.status, "error": run.error,
-                           "wait": run.cursor.wait}),
-                )
-                .subject(run.id.to_string())
-                .actor(self.actor.clone()),
-            )
-            .await?;
-        }
-        tx.commit().await?;
-        if let Some(metrics) = self.metrics {
-            for step in steps {
-                metrics.workflow_step(self.tenant_name, &run.workflow.name, step);
-            }
-            if run.status.is_terminal() {
-                metrics.workflow_run(self.tenant_name, &run.workflow.name, run.status.as_str());
-            }
-        }
-        self.hub.changed(run.id);
-        Ok(())
-    }
-}
-
-fn run_event_type(status: RunStatus) -> &'static str {
-    match status {
-        RunStatus::Pending | RunStatus::Running => "workflow.run.running",
-        RunStatus::Waiting => "workflow.run.waiting",
-        RunStatus::Succeeded => "workflow.run.succeeded",
-        RunStatus::Failed => "workflow.run.failed",
-        RunStatus::Denied => "workflow.run.denied",
-        RunStatus::HandedOff => "workflow.run.handed_off",
-        RunStatus::Cancelled => "workflow.run.cancelled",
-        RunStatus::TimedOut => "workflow.run.timed_out",
-    }
-}
-
-impl PgJournal<'_> {
-    /// A step's event. Steps are the high-rate part of a run, so their events do not wake the
-    /// relay (see [`events::emit_unsignalled`]); the run's status events in the same
-    /// checkpoint do, and a running run's step events go out within the relay's poll interval.
-    async fn step_events(
-        &self,
-        conn: &mut PgConnection,
-        run: &Run,
-        step: &StepRecord,
-    ) -> Result<(), sqlx::Error> {
-        let type_ = match (step.kind.as_str(), step.status) {
-            ("handoff", StepStatus::Succeeded | StepStatus::Waiting) => "workflow.handoff",
-            ("approval", StepStatus::Waiting) => "workflow.approval.requested",
-            (_, StepStatus::Failed) => "workflow.step.failed",
-            _ => "workflow.step.completed",
-        };
-        let duration_ms = (step.finished_at - step.started_at).num_milliseconds();
-        events::emit_unsignalled(
-            conn,
-            self.tenant,
-            NewEvent::new(
-                type_,
-                json!({"runId": run.id, "workflow": run.workflow.name, "seq": step.seq,
-                       "node": step.node, "kind": step.kind, "status": step.status,
-                       "attempts": step.attempts, "error": step.error,
-                       "output": if type_ == "workflow.step.completed" { Value::Null }
-                                 else { step.output.clone().unwrap_or(Value::Null) },
-                       "durationMs": duration_ms}),
-            )
-            .subject(run.id.to_string())
-            .actor(self.actor.clone()),
-        )
-        .await?;
-        Ok(())
-    }
-}
-
-async fn insert_step(
-    conn: &mut PgConnection,
-    tenant: TenantId,
-    run: &Run,
-    step: &StepRecord,
-) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "insert into agentry.workflow_steps
-           (tenant_id, run_id, seq, node, kind, visit, parent, status, attempts, input, output,
-            error, started_at, finished_at)
-         values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
-    )
-    .bind(tenant.0)
-    .bind(run.id)
-    .bind(to_i32(step.seq))
-    .bind(&step.node)
-    .bind(&step.kind)
-    .bind(to_i32(step.visit))
-    .bind(step.parent.map(to_i32))
-    .bind(step.status.as_str())
-    .bind(to_i32(step.attempts))
-    .bind(&step.input)
-    .bind(&step.output)
-    .bind(&step.error)
-    .bind(step.started_at)
-    .bind(step.finished_at)
-    .execute(&mut *conn)
-    .await?;
-    Ok(())
 }

@@ -12,8 +12,9 @@ use uuid::Uuid;
 
 use super::engine;
 use super::executor::LiveExecutor;
+use super::journal::PgJournal;
 use super::model::RunStatus;
-use super::store::{self, PgJournal, RunRow};
+use super::store::{self, RunRow};
 use crate::gateway::{Caller, Scope};
 use crate::state::AppState;
 use crate::tenancy::TenantHandle;
