@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use agentry_crds::bundle::CompiledWorkflow;
 use agentry_runtime::db::DbError;
-use agentry_runtime::orchestrator::journal::{CheckpointError, PgJournal};
+use agentry_runtime::orchestrator::journal::{CheckpointError, CheckpointWriter, PgJournal};
 use agentry_runtime::orchestrator::store;
 use agentry_runtime::orchestrator::{Journal, RunHub, RunStatus, StepRecord, StepStatus};
 use agentry_runtime::state::AppState;
@@ -408,10 +408,10 @@ async fn a_replica_that_lost_its_lease_cannot_checkpoint(admin: PgPool) {
     let hub = RunHub::default();
     // The checkpoints go through tenant roles: one statement in autocommit (the shared role
     // of the other tests takes the transaction path).
-    let acme_db = s.h.tenant_db("acme").await;
-    let globex_db = s.h.tenant_db("globex").await;
+    let acme_writer = CheckpointWriter::spawn(s.h.tenant_db("acme").await);
+    let globex_writer = CheckpointWriter::spawn(s.h.tenant_db("globex").await);
     let mut stale = PgJournal {
-        db: &acme_db,
+        writer: acme_writer.queue(),
         tenant,
         tenant_name: "acme",
         owner: first,
@@ -461,7 +461,7 @@ async fn a_replica_that_lost_its_lease_cannot_checkpoint(admin: PgPool) {
     );
     assert_eq!(written("events").await, 0, "nor its event");
     let mut other_tenant = PgJournal {
-        db: &globex_db,
+        writer: globex_writer.queue(),
         owner: second,
         ..stale
     };
@@ -470,7 +470,7 @@ async fn a_replica_that_lost_its_lease_cannot_checkpoint(admin: PgPool) {
             other_tenant
                 .checkpoint(&run, std::slice::from_ref(&step))
                 .await,
-            Err(CheckpointError::Db(DbError::WrongTenant { .. }))
+            Err(CheckpointError::Write(e)) if matches!(*e, DbError::WrongTenant { .. })
         ),
         "a tenant role is not used for another tenant"
     );
@@ -486,7 +486,7 @@ async fn a_replica_that_lost_its_lease_cannot_checkpoint(admin: PgPool) {
     );
     assert_eq!(written("workflow_steps").await, 0);
     let mut current = PgJournal {
-        db: &acme_db,
+        writer: acme_writer.queue(),
         tenant,
         owner: second,
         ..other_tenant
@@ -508,4 +508,126 @@ async fn a_replica_that_lost_its_lease_cannot_checkpoint(admin: PgPool) {
             .unwrap()
     );
     s.h.cleanup().await;
+}
+
+fn step_record(seq: u32, node: &str) -> StepRecord {
+    StepRecord {
+        seq,
+        node: node.into(),
+        kind: "tool".into(),
+        visit: 1,
+        parent: None,
+        status: StepStatus::Succeeded,
+        attempts: 1,
+        input: None,
+        output: Some(json!({"ok": true})),
+        error: None,
+        started_at: chrono::Utc::now(),
+        finished_at: chrono::Utc::now(),
+    }
+}
+
+/// Checkpoints of concurrent runs share the writer's statements, yet each keeps its own
+/// outcome: a run whose lease is gone and a checkpoint the database refuses fail alone.
+#[sqlx::test(migrator = "agentry_runtime::db::MIGRATOR")]
+async fn concurrent_checkpoints_land_or_fail_each_on_their_own(admin: PgPool) {
+    let mut h = Harness::new(admin.clone()).await;
+    let tenant = h.id("acme");
+    let db = h.tenant_db("acme").await;
+    let principal = store::StoredPrincipal::User {
+        subject: "u1".into(),
+    };
+    let mut runs = Vec::new();
+    for _ in 0..4 {
+        let run = agentry_runtime::orchestrator::Run::new(
+            Uuid::now_v7(),
+            refund_workflow(),
+            json!({"orderId": "A-3"}),
+            json!({}),
+            chrono::Utc::now(),
+        );
+        store::create(&db, tenant, &run, "user:u1", &principal, None)
+            .await
+            .unwrap();
+        runs.push(run);
+    }
+    let owner = Uuid::new_v4();
+    let claimed = store::claim(&db, tenant, owner, Duration::from_secs(60), 10)
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 4);
+    for run in &mut runs {
+        run.status = RunStatus::Running;
+    }
+    // Another replica took run 1 over.
+    sqlx::query("update agentry.workflow_runs set lease_owner = $1 where id = $2")
+        .bind(Uuid::new_v4())
+        .bind(runs[1].id)
+        .execute(&admin)
+        .await
+        .unwrap();
+    let writer = CheckpointWriter::spawn(db.clone());
+    let hub = RunHub::default();
+    let journal = |_: usize| PgJournal {
+        writer: writer.queue(),
+        tenant,
+        tenant_name: "acme",
+        owner,
+        hub: &hub,
+        metrics: None,
+        actor: "user:u1".into(),
+    };
+    let (mut j0, mut j1, mut j2, mut j3) = (journal(0), journal(1), journal(2), journal(3));
+    j2.checkpoint(&runs[2], &[step_record(1, "lookup")])
+        .await
+        .unwrap();
+    // Run 2 checkpoints step 1 again: the step's primary key refuses it.
+    let steps = [
+        step_record(1, "lookup"),
+        step_record(1, "lookup"),
+        step_record(1, "lookup"),
+        step_record(1, "lookup"),
+    ];
+    let (r0, r1, r2, r3) = tokio::join!(
+        j0.checkpoint(&runs[0], &steps[0..1]),
+        j1.checkpoint(&runs[1], &steps[1..2]),
+        j2.checkpoint(&runs[2], &steps[2..3]),
+        j3.checkpoint(&runs[3], &steps[3..4]),
+    );
+    assert!(r0.is_ok(), "{r0:?}");
+    assert!(matches!(r1, Err(CheckpointError::LeaseLost)), "{r1:?}");
+    assert!(matches!(r2, Err(CheckpointError::Write(_))), "{r2:?}");
+    assert!(r3.is_ok(), "{r3:?}");
+    let stored: Vec<(Uuid, i64)> = sqlx::query_as(
+        "select run_id, count(*) from agentry.workflow_steps where tenant_id = $1
+         group by run_id",
+    )
+    .bind(tenant.0)
+    .fetch_all(&admin)
+    .await
+    .unwrap();
+    let count = |run: usize| {
+        stored
+            .iter()
+            .find(|(id, _)| *id == runs[run].id)
+            .map_or(0, |(_, n)| *n)
+    };
+    assert_eq!(
+        (count(0), count(1), count(2), count(3)),
+        (1, 0, 1, 1),
+        "landed checkpoints wrote their step, failed ones nothing"
+    );
+    let events: i64 = sqlx::query_scalar(
+        "select count(*) from agentry.events e join agentry.event_outbox o
+           on o.tenant_id = e.tenant_id and o.event_id = e.id
+         where e.tenant_id = $1 and e.type = 'workflow.step.completed'",
+    )
+    .bind(tenant.0)
+    .fetch_one(&admin)
+    .await
+    .unwrap();
+    assert_eq!(events, 3, "one event with its outbox entry per landed step");
+    drop((j0, j1, j2, j3));
+    writer.close().await;
+    h.cleanup().await;
 }

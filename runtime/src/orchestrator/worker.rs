@@ -12,7 +12,7 @@ use uuid::Uuid;
 
 use super::engine;
 use super::executor::LiveExecutor;
-use super::journal::PgJournal;
+use super::journal::{CheckpointQueue, CheckpointWriter, PgJournal};
 use super::model::RunStatus;
 use super::store::{self, RunRow};
 use crate::gateway::{Caller, Scope};
@@ -24,10 +24,11 @@ use crate::tenancy::TenantHandle;
 pub async fn run(state: AppState) {
     let hub = state.runs.clone();
     let permits = Arc::new(Semaphore::new(hub.config.concurrency.max(1)));
+    let writer = CheckpointWriter::spawn(state.db.clone());
     let mut drives = JoinSet::new();
     loop {
         while drives.try_join_next().is_some() {}
-        claim_all(&state, &permits, &mut drives).await;
+        claim_all(&state, writer.queue(), &permits, &mut drives).await;
         tokio::select! {
             () = state.shutdown.cancelled() => break,
             () = hub.woken() => {}
@@ -35,6 +36,8 @@ pub async fn run(state: AppState) {
         }
     }
     drives.shutdown().await;
+    // Checkpoints the stopped drives had queued land before their runs are handed back.
+    writer.close().await;
     for tenant in state.tenants.all() {
         if let Err(e) = release(&state, &tenant, hub.owner).await {
             tracing::warn!(tenant = %tenant.name, error = %e, "could not release workflow leases");
@@ -42,7 +45,12 @@ pub async fn run(state: AppState) {
     }
 }
 
-async fn claim_all(state: &AppState, permits: &Arc<Semaphore>, drives: &mut JoinSet<()>) {
+async fn claim_all(
+    state: &AppState,
+    writer: &CheckpointQueue,
+    permits: &Arc<Semaphore>,
+    drives: &mut JoinSet<()>,
+) {
     let hub = &state.runs;
     for tenant in state.tenants.all() {
         let free = permits.available_permits();
@@ -64,13 +72,20 @@ async fn claim_all(state: &AppState, permits: &Arc<Semaphore>, drives: &mut Join
             let Ok(permit) = permits.clone().try_acquire_owned() else {
                 break;
             };
-            drives.spawn(drive(state.clone(), tenant.clone(), row, permit));
+            drives.spawn(drive(
+                state.clone(),
+                writer.clone(),
+                tenant.clone(),
+                row,
+                permit,
+            ));
         }
     }
 }
 
 async fn drive(
     state: AppState,
+    writer: CheckpointQueue,
     tenant: Arc<TenantHandle>,
     row: RunRow,
     _permit: OwnedSemaphorePermit,
@@ -85,7 +100,7 @@ async fn drive(
     let executor = LiveExecutor::new(state.clone(), caller);
     let hub = &state.runs;
     let mut journal = PgJournal {
-        db: &state.db,
+        writer: &writer,
         tenant: tenant.id,
         tenant_name: &tenant.name,
         owner: hub.owner,
