@@ -246,23 +246,12 @@ fn unknown_workflow(state: &AppState, caller: &Caller, workflow: &str) -> ApiErr
 fn validate_input(schema: &Value, input: &Value) -> Result<(), ApiError> {
     let validator = jsonschema::validator_for(schema)
         .map_err(|e| ApiError::invalid(format!("the workflow's input schema is invalid: {e}")))?;
-    let errors: Vec<String> = validator
-        .iter_errors(input)
-        .take(5)
-        .map(|e| {
-            let path = e.instance_path().to_string();
-            let field = if path.is_empty() {
-                "input".to_owned()
-            } else {
-                format!("input{}", path.replace('/', "."))
-            };
-            format!("{field}: {e}")
-        })
-        .collect();
-    if errors.is_empty() {
-        Ok(())
-    } else {
-        Err(ApiError::invalid(errors.join("; ")))
+    let problems = crate::schema::problems(&validator, input, |path| {
+        format!("input{}", path.replace('/', "."))
+    });
+    match problems {
+        None => Ok(()),
+        Some(problems) => Err(ApiError::invalid(problems)),
     }
 }
 
