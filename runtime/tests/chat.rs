@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use agentry_e2e::mock_llm::{MockConfig, MockLlm};
 use agentry_runtime::agents::ESCALATED_REPLY;
-use auth_support::{Harness, bearer, call};
+use auth_support::{Harness, bearer, call, point_order_tools, serve};
 use axum::Router;
 use axum::http::{Method, StatusCode};
 use axum::routing::{get, post};
@@ -54,10 +54,7 @@ async fn order_server(orders: Orders) -> SocketAddr {
                 }
             }),
         );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    addr
+    serve(app).await
 }
 
 struct Setup {
@@ -87,16 +84,7 @@ async fn setup_with(
     let mut h = Harness::new(admin).await;
     let acme = h.bundles.get_mut("acme").unwrap();
     if let Some(addr) = orders {
-        for (tool, path) in [
-            ("lookup-order", "orders/{{ args.orderId }}"),
-            ("issue-refund", "orders/{{ args.orderId }}/refunds"),
-        ] {
-            let t = acme.tools.get_mut(tool).unwrap();
-            let http = t.http.as_mut().unwrap();
-            http.url = format!("http://{addr}/{path}");
-            http.headers.clear();
-            t.egress_allow_hosts = vec!["127.0.0.1".to_owned()];
-        }
+        point_order_tools(acme, addr);
     }
     tweak(acme);
     acme.hash = acme.content_hash();
