@@ -5,6 +5,7 @@
 pub mod mock_llm;
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
@@ -235,4 +236,37 @@ pub fn copy_examples() -> anyhow::Result<tempfile::TempDir> {
         }
     }
     Ok(dir)
+}
+
+/// Serves `router` on a free loopback port: a service for the runtime's tools to call.
+pub async fn serve_loopback(router: axum::Router) -> anyhow::Result<SocketAddr> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    Ok(addr)
+}
+
+/// Whether `response` is a server-sent event stream (its content type says so).
+pub fn is_event_stream(response: &reqwest::Response) -> bool {
+    response
+        .headers()
+        .get(reqwest::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/event-stream"))
+}
+
+/// The frames of a server-sent event stream that have both an event name and data, as
+/// (name, data parsed as JSON).
+pub fn sse_events(body: &str) -> anyhow::Result<Vec<(&str, serde_json::Value)>> {
+    let mut events = Vec::new();
+    for frame in body.split("\n\n") {
+        let name = frame.lines().find_map(|l| l.strip_prefix("event: "));
+        let data = frame.lines().find_map(|l| l.strip_prefix("data: "));
+        if let (Some(name), Some(data)) = (name, data) {
+            let data = serde_json::from_str(data)
+                .with_context(|| format!("event {name}: data is not JSON: {data}"))?;
+            events.push((name, data));
+        }
+    }
+    Ok(events)
 }

@@ -5,7 +5,7 @@
     reason = "test helpers fail the test by panicking"
 )]
 
-use agentry_e2e::{DevRuntime, copy_examples};
+use agentry_e2e::{DevRuntime, copy_examples, is_event_stream, sse_events};
 use serde_json::{Value, json};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -52,21 +52,9 @@ async fn a_conversation_answers_in_json_and_over_sse() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
-    assert!(
-        r.headers()["content-type"]
-            .to_str()
-            .unwrap()
-            .starts_with("text/event-stream")
-    );
+    assert!(is_event_stream(&r), "{:?}", r.headers());
     let body = r.text().await.unwrap();
-    let events: Vec<(&str, Value)> = body
-        .split("\n\n")
-        .filter_map(|frame| {
-            let name = frame.lines().find_map(|l| l.strip_prefix("event: "))?;
-            let data = frame.lines().find_map(|l| l.strip_prefix("data: "))?;
-            Some((name, serde_json::from_str(data).unwrap()))
-        })
-        .collect();
+    let events = sse_events(&body).unwrap();
     let tokens: String = events
         .iter()
         .filter(|(n, _)| *n == "token")

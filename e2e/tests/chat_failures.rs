@@ -144,13 +144,10 @@ struct ToolServer {
 impl ToolServer {
     async fn start() -> (Self, SocketAddr) {
         let server = Self::default();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
         let app = axum::Router::new()
             .route("/{*path}", axum::routing::get(Self::serve))
             .with_state(server.clone());
-        tokio::spawn(async move { axum::serve(listener, app).await });
-        (server, addr)
+        (server, agentry_e2e::serve_loopback(app).await.unwrap())
     }
 
     async fn serve(

@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use agentry_e2e::mock_llm::{DEFAULT_REPLY, MockConfig, MockLlm};
-use agentry_e2e::{DevRuntime, repo_root};
+use agentry_e2e::{DevRuntime, is_event_stream, repo_root, serve_loopback, sse_events};
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
@@ -55,14 +55,11 @@ struct Ledger {
 impl OrderService {
     async fn start() -> (Self, SocketAddr) {
         let service = Self::default();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
         let app = axum::Router::new()
             .route("/orders/{id}", axum::routing::get(Self::lookup))
             .route("/orders/{id}/refunds", axum::routing::post(Self::refund))
             .with_state(service.clone());
-        tokio::spawn(async move { axum::serve(listener, app).await });
-        (service, addr)
+        (service, serve_loopback(app).await.unwrap())
     }
 
     async fn lookup(State(service): State<Self>, Path(id): Path<String>) -> impl IntoResponse {
@@ -444,25 +441,13 @@ async fn bad_input_is_refused_and_steps_stream_over_sse() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
-    assert!(
-        r.headers()["content-type"]
-            .to_str()
-            .unwrap()
-            .starts_with("text/event-stream")
-    );
+    assert!(is_event_stream(&r), "{:?}", r.headers());
     // The stream ends after the run ends.
     let body = tokio::time::timeout(Duration::from_secs(30), r.text())
         .await
         .expect("the event stream did not end with the run")
         .unwrap();
-    let events: Vec<(&str, Value)> = body
-        .split("\n\n")
-        .filter_map(|frame| {
-            let name = frame.lines().find_map(|l| l.strip_prefix("event: "))?;
-            let data = frame.lines().find_map(|l| l.strip_prefix("data: "))?;
-            Some((name, serde_json::from_str(data).unwrap()))
-        })
-        .collect();
+    let events = sse_events(&body).unwrap();
     let steps: Vec<&str> = events
         .iter()
         .filter(|(n, _)| *n == "step")

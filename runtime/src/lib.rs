@@ -19,6 +19,7 @@ pub mod metrics;
 pub mod orchestrator;
 pub mod realtime;
 pub mod resilience;
+pub mod schema;
 pub mod serve;
 pub mod state;
 pub mod telemetry;

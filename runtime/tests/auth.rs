@@ -547,9 +547,7 @@ async fn jwks_urls_are_fetched_once_and_not_hammered(admin: sqlx::PgPool) {
             async { axum::Json(issuer_jwks()) }
         }),
     );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/jwks.json", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, issuer).await });
+    let url = format!("http://{}/jwks.json", serve(issuer).await);
 
     let mut h = Harness::new(admin).await;
     let mut config = inline_jwt_config();

@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use agentry_e2e::mock_llm::{MockConfig, MockLlm};
 use agentry_runtime::agents::ESCALATED_REPLY;
-use auth_support::{Harness, bearer, call};
+use auth_support::{Harness, bearer, call, point_order_tools, serve};
 use axum::Router;
 use axum::http::{Method, StatusCode};
 use axum::routing::{get, post};
@@ -54,10 +54,7 @@ async fn order_server(orders: Orders) -> SocketAddr {
                 }
             }),
         );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    addr
+    serve(app).await
 }
 
 struct Setup {
@@ -87,16 +84,7 @@ async fn setup_with(
     let mut h = Harness::new(admin).await;
     let acme = h.bundles.get_mut("acme").unwrap();
     if let Some(addr) = orders {
-        for (tool, path) in [
-            ("lookup-order", "orders/{{ args.orderId }}"),
-            ("issue-refund", "orders/{{ args.orderId }}/refunds"),
-        ] {
-            let t = acme.tools.get_mut(tool).unwrap();
-            let http = t.http.as_mut().unwrap();
-            http.url = format!("http://{addr}/{path}");
-            http.headers.clear();
-            t.egress_allow_hosts = vec!["127.0.0.1".to_owned()];
-        }
+        point_order_tools(acme, addr);
     }
     tweak(acme);
     acme.hash = acme.content_hash();
@@ -587,6 +575,89 @@ async fn the_openai_surface_serves_agents_and_models(admin: PgPool) {
         .await,
         1,
         "only the agent's own tool call of the lookup above"
+    );
+    s.h.cleanup().await;
+}
+
+#[sqlx::test(migrator = "agentry_runtime::db::MIGRATOR")]
+async fn conversations_opened_by_the_chat_api_and_the_openai_surface_are_stored(admin: PgPool) {
+    let s = setup(admin, None, None).await;
+    let created = s
+        .post(
+            &s.acme,
+            "/api/v1/chat/conversations",
+            json!({"agent": "billing", "title": "refunds", "metadata": {"ticket": 7}}),
+        )
+        .await;
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.body);
+    assert_eq!(created.body["agent"], "billing");
+    assert_eq!(created.body["workflow"], Value::Null);
+    assert_eq!(created.body["title"], "refunds");
+    assert_eq!(created.body["metadata"], json!({"ticket": 7}));
+    assert_eq!(created.body["status"], "open");
+    let id = created.body["id"].as_str().unwrap();
+    let announced: Vec<(String, String, Value)> = sqlx::query_as(
+        "select subject, actor, data from agentry.events where type = 'conversation.created'",
+    )
+    .fetch_all(&s.h.admin)
+    .await
+    .unwrap();
+    assert_eq!(announced.len(), 1, "{announced:?}");
+    let (subject, actor, data) = &announced[0];
+    assert_eq!(subject, id);
+    assert!(actor.starts_with("key:"), "{actor}");
+    assert_eq!(
+        *data,
+        json!({"conversationId": id, "agent": "billing", "workflow": null, "userId": null})
+    );
+
+    // An agent model of the OpenAI-compatible surface: a conversation of that agent holding
+    // the request's user and assistant messages, then the answer.
+    let history = json!([
+        {"role": "system", "content": "Be terse."},
+        {"role": "user", "content": "Hi."},
+        {"role": "assistant", "content": "Hello."},
+        {"role": "user", "content": "Do you sell blue widgets?"}]);
+    let request = json!({"model": "agent/general", "messages": history});
+    let a = s.post(&s.acme, "/v1/chat/completions", request).await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+    let (conversation, agent, title, metadata): (uuid::Uuid, String, Option<String>, Value) =
+        sqlx::query_as(
+            "select id, agent, title, metadata from agentry.conversations
+             where metadata ->> 'source' = 'openai'",
+        )
+        .fetch_one(&s.h.admin)
+        .await
+        .unwrap();
+    assert_eq!(
+        (agent.as_str(), title, metadata),
+        ("general", None, json!({"source": "openai"}))
+    );
+    let messages: Vec<(String, String, Option<String>)> = sqlx::query_as(
+        "select role, content, agent from agentry.messages
+         where conversation_id = $1 order by created_at, id",
+    )
+    .bind(conversation)
+    .fetch_all(&s.h.admin)
+    .await
+    .unwrap();
+    let general = Some("general".to_owned());
+    assert_eq!(
+        messages[..3],
+        [
+            ("user".to_owned(), "Hi.".to_owned(), general.clone()),
+            ("assistant".to_owned(), "Hello.".to_owned(), general.clone()),
+            (
+                "user".to_owned(),
+                "Do you sell blue widgets?".to_owned(),
+                general.clone()
+            ),
+        ]
+    );
+    assert_eq!(messages.len(), 4, "{messages:?}");
+    assert_eq!(
+        messages[3].1,
+        a.body["choices"][0]["message"]["content"].as_str().unwrap()
     );
     s.h.cleanup().await;
 }

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use agentry_runtime::http::HttpConfig;
 use agentry_runtime::realtime::RealtimeConfig;
-use auth_support::{Harness, bearer, call};
+use auth_support::{Harness, bearer, call, serve};
 use axum::http::{Method, StatusCode};
 use futures::{SinkExt as _, StreamExt as _};
 use serde_json::{Value, json};
@@ -46,10 +46,7 @@ async fn setup_with(admin: PgPool, streams: Option<u32>, config: HttpConfig) -> 
     let (_, state) = h.app(db, &["acme", "globex"], true);
     let app = agentry_runtime::http::app(state, config);
     let (_, acme) = h.insert_key("acme", &["chat"]).await;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let served = app.clone();
-    tokio::spawn(async move { axum::serve(listener, served).await.unwrap() });
+    let addr = serve(app.clone()).await;
     Setup {
         _h: h,
         app,

@@ -19,7 +19,7 @@ use agentry_runtime::orchestrator::journal::{CheckpointError, CheckpointWriter, 
 use agentry_runtime::orchestrator::store;
 use agentry_runtime::orchestrator::{Journal, RunHub, RunStatus, StepRecord, StepStatus};
 use agentry_runtime::state::AppState;
-use auth_support::{Harness, bearer, call};
+use auth_support::{Harness, bearer, call, point_order_tools, serve};
 use axum::Router;
 use axum::http::{HeaderMap, Method, StatusCode};
 use axum::routing::{get, post};
@@ -61,10 +61,7 @@ async fn order_server(orders: Orders) -> SocketAddr {
                 }
             }),
         );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    addr
+    serve(app).await
 }
 
 /// A refund workflow without the agent step (the agent loop is tested elsewhere).
@@ -102,16 +99,7 @@ async fn setup(admin: PgPool, chat_workflow: bool) -> Setup {
     let addr = order_server(orders.clone()).await;
     let mut h = Harness::new(admin).await;
     let acme = h.bundles.get_mut("acme").unwrap();
-    for (tool, path) in [
-        ("lookup-order", "orders/{{ args.orderId }}"),
-        ("issue-refund", "orders/{{ args.orderId }}/refunds"),
-    ] {
-        let t = acme.tools.get_mut(tool).unwrap();
-        let http = t.http.as_mut().unwrap();
-        http.url = format!("http://{addr}/{path}");
-        http.headers.clear();
-        t.egress_allow_hosts = vec!["127.0.0.1".to_owned()];
-    }
+    point_order_tools(acme, addr);
     acme.workflows
         .insert("refund-now".into(), refund_workflow());
     if chat_workflow {

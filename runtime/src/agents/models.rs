@@ -4,7 +4,8 @@
 use agentry_crds::RuntimeBundle;
 use agentry_crds::bundle::CompiledAgent;
 
-use crate::gateway::{Caller, Principal};
+use crate::flags;
+use crate::gateway::Caller;
 use crate::llm::cost::estimate_input_tokens;
 use crate::llm::{ChatRequest, Prices, Usage};
 
@@ -14,22 +15,12 @@ const DEFAULT_MAX_TOKENS: u32 = 1024;
 /// The primary model then the fallbacks. The primary is the string variant of `model_flag`
 /// when it names a catalog model, else `model`, else the first catalog model.
 pub fn plan(bundle: &RuntimeBundle, agent: &CompiledAgent, caller: &Caller) -> Vec<String> {
-    let key = match &caller.principal {
-        Principal::User { subject } => subject.clone(),
-        Principal::ApiKey { id } => id.to_string(),
-    };
-    let ctx = serde_json::json!({
-        "targetingKey": key,
-        "plan": bundle.tenant.plan,
-        "tenant": bundle.tenant.name,
-        "agent": agent.name,
-        "userId": caller.user_id(),
-    });
+    let ctx = flags::context(bundle, caller, flags::Subject::Agent(&agent.name));
     let flagged = agent
         .model_flag
         .as_ref()
         .and_then(|f| bundle.flags.get(f))
-        .and_then(|f| crate::flags::eval::evaluate(f, &ctx))
+        .and_then(|f| flags::eval::evaluate(f, &ctx))
         .and_then(|(_, v)| v.as_str())
         .filter(|m| bundle.tenant.models.contains_key(*m))
         .map(str::to_owned);

@@ -237,6 +237,68 @@ pub struct Conversation {
 pub const CONVERSATION_COLUMNS: &str =
     "id, agent, workflow, user_id, title, status, escalated, metadata, created_at, updated_at";
 
+/// A conversation to create.
+#[derive(Debug, Default)]
+pub struct NewConversation<'a> {
+    /// Agent serving it.
+    pub agent: Option<&'a str>,
+    /// Workflow answering it, when no agent does.
+    pub workflow: Option<&'a str>,
+    /// Title.
+    pub title: Option<&'a str>,
+    /// Free-form metadata (a JSON object; `{}` when `None`).
+    pub metadata: Option<&'a Value>,
+    /// Fields of its `conversation.created` event besides `conversationId`, `agent` and
+    /// `userId`; `None` records no event.
+    pub event: Option<Value>,
+    /// Messages it starts with, stored in order.
+    pub messages: &'a [NewMessage<'a>],
+}
+
+/// Inserts a conversation owned by `caller` (its end user, if any), its
+/// `conversation.created` event when `new.event` is set, and its first messages.
+pub async fn create_conversation(
+    conn: &mut PgConnection,
+    caller: &Caller,
+    new: &NewConversation<'_>,
+) -> Result<Conversation, sqlx::Error> {
+    let tenant = caller.tenant.id;
+    let id = Uuid::now_v7();
+    let empty = json!({});
+    let conversation: Conversation = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "insert into agentry.conversations (tenant_id, id, agent, user_id, title, metadata, workflow)
+         values ($1, $2, $3, $4, $5, $6, $7) returning {CONVERSATION_COLUMNS}"
+    )))
+    .bind(tenant.0)
+    .bind(id)
+    .bind(new.agent)
+    .bind(caller.user_id())
+    .bind(new.title)
+    .bind(new.metadata.unwrap_or(&empty))
+    .bind(new.workflow)
+    .fetch_one(&mut *conn)
+    .await?;
+    if let Some(fields) = &new.event {
+        let mut payload = json!({"conversationId": id, "agent": new.agent,
+                                 "userId": caller.user_id()});
+        if let (Some(payload), Some(fields)) = (payload.as_object_mut(), fields.as_object()) {
+            payload.extend(fields.clone());
+        }
+        events::emit(
+            &mut *conn,
+            tenant,
+            NewEvent::new("conversation.created", payload)
+                .subject(id.to_string())
+                .actor(caller.actor()),
+        )
+        .await?;
+    }
+    for m in new.messages {
+        insert_message(&mut *conn, caller, id, m).await?;
+    }
+    Ok(conversation)
+}
+
 /// The conversation `id` when `caller` may see it: its tenant's (RLS) and, for an end user,
 /// their own.
 pub async fn conversation(

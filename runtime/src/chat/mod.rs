@@ -16,7 +16,9 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use uuid::Uuid;
 
-use crate::agents::store::{self, CONVERSATION_COLUMNS, Conversation, NewMessage, StoredMessage};
+use crate::agents::store::{
+    self, CONVERSATION_COLUMNS, Conversation, NewConversation, NewMessage, StoredMessage,
+};
 use crate::agents::{Turn, TurnResult};
 use crate::error::{ApiError, ApiResult};
 use crate::events::{self, NewEvent};
@@ -143,32 +145,18 @@ async fn create_conversation(
     if !metadata.is_object() {
         return Err(ApiError::invalid("metadata must be a JSON object"));
     }
-    let id = Uuid::now_v7();
-    let tenant = caller.tenant.id;
-    let mut tx = state.db.begin(tenant).await?;
-    let conversation: Conversation = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "insert into agentry.conversations (tenant_id, id, agent, user_id, title, metadata, workflow)
-         values ($1, $2, $3, $4, $5, $6, $7) returning {CONVERSATION_COLUMNS}"
-    )))
-    .bind(tenant.0)
-    .bind(id)
-    .bind(&agent)
-    .bind(caller.user_id())
-    .bind(&body.title)
-    .bind(&metadata)
-    .bind(&workflow)
-    .fetch_one(&mut *tx)
-    .await?;
-    events::emit(
+    let mut tx = state.db.begin(caller.tenant.id).await?;
+    let conversation = store::create_conversation(
         &mut tx,
-        tenant,
-        NewEvent::new(
-            "conversation.created",
-            json!({"conversationId": id, "agent": agent, "workflow": workflow,
-                   "userId": caller.user_id()}),
-        )
-        .subject(id.to_string())
-        .actor(caller.actor()),
+        &caller,
+        &NewConversation {
+            agent: agent.as_deref(),
+            workflow: workflow.as_deref(),
+            title: body.title.as_deref(),
+            metadata: Some(&metadata),
+            event: Some(json!({"workflow": workflow})),
+            messages: &[],
+        },
     )
     .await?;
     tx.commit().await?;

@@ -21,6 +21,7 @@ use super::follow::{self, RunUpdate};
 use super::model::{Decision, Run, RunStatus, StepRecord, Wait};
 use super::store::{self, ChangeError, ListFilter, RunRow, StoredPrincipal};
 use crate::error::{ApiError, ApiResult};
+use crate::flags::{self, Subject};
 use crate::gateway::{Caller, Scope};
 use crate::http::ApiJson;
 use crate::state::AppState;
@@ -245,42 +246,23 @@ fn unknown_workflow(state: &AppState, caller: &Caller, workflow: &str) -> ApiErr
 fn validate_input(schema: &Value, input: &Value) -> Result<(), ApiError> {
     let validator = jsonschema::validator_for(schema)
         .map_err(|e| ApiError::invalid(format!("the workflow's input schema is invalid: {e}")))?;
-    let errors: Vec<String> = validator
-        .iter_errors(input)
-        .take(5)
-        .map(|e| {
-            let path = e.instance_path().to_string();
-            let field = if path.is_empty() {
-                "input".to_owned()
-            } else {
-                format!("input{}", path.replace('/', "."))
-            };
-            format!("{field}: {e}")
-        })
-        .collect();
-    if errors.is_empty() {
-        Ok(())
-    } else {
-        Err(ApiError::invalid(errors.join("; ")))
+    let problems = crate::schema::problems(&validator, input, |path| {
+        format!("input{}", path.replace('/', "."))
+    });
+    match problems {
+        None => Ok(()),
+        Some(problems) => Err(ApiError::invalid(problems)),
     }
 }
 
 /// Every flag's value for this run (the `flags` of expressions), evaluated once at start so a
 /// run sees one consistent set.
 fn evaluate_flags(bundle: &agentry_crds::RuntimeBundle, caller: &Caller, workflow: &str) -> Value {
-    let key = match &caller.principal {
-        crate::gateway::Principal::User { subject } => subject.clone(),
-        crate::gateway::Principal::ApiKey { id } => id.to_string(),
-    };
-    let ctx = json!({"targetingKey": key, "plan": bundle.tenant.plan,
-                     "tenant": bundle.tenant.name, "workflow": workflow,
-                     "userId": caller.user_id()});
+    let ctx = flags::context(bundle, caller, Subject::Workflow(workflow));
     let values = bundle
         .flags
         .iter()
-        .filter_map(|(k, f)| {
-            crate::flags::eval::evaluate(f, &ctx).map(|(_, v)| (k.clone(), v.clone()))
-        })
+        .filter_map(|(k, f)| flags::eval::evaluate(f, &ctx).map(|(_, v)| (k.clone(), v.clone())))
         .collect();
     Value::Object(values)
 }

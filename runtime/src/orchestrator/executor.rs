@@ -13,9 +13,8 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 use super::engine::{NodeExecutor, Work, WorkCall};
-use crate::agents::store::{self, NewMessage};
+use crate::agents::store::{self, NewConversation, NewMessage};
 use crate::agents::{Turn, meter};
-use crate::events::{self, NewEvent};
 use crate::gateway::Caller;
 use crate::llm::{ChatRequest, Message, Role};
 use crate::state::AppState;
@@ -144,54 +143,34 @@ impl LiveExecutor {
         agent: &str,
         prompt: &str,
     ) -> Result<Uuid, sqlx::Error> {
-        let tenant = self.caller.tenant.id;
-        let id = Uuid::now_v7();
         let mut tx = self
             .state
             .db
-            .begin(tenant)
+            .begin(self.caller.tenant.id)
             .await
             .map_err(|e| sqlx::Error::Protocol(e.to_string()))?;
         let metadata = json!({"workflowRunId": call.run_id, "node": call.node, "visit": call.visit,
                               "attempt": call.attempt});
-        sqlx::query(
-            "insert into agentry.conversations (tenant_id, id, agent, user_id, title, metadata)
-             values ($1, $2, $3, $4, $5, $6)",
-        )
-        .bind(tenant.0)
-        .bind(id)
-        .bind(agent)
-        .bind(self.caller.user_id())
-        .bind(format!("workflow run {} / {}", call.run_id, call.node))
-        .bind(&metadata)
-        .execute(&mut *tx)
-        .await?;
-        events::emit(
-            &mut tx,
-            tenant,
-            NewEvent::new(
-                "conversation.created",
-                json!({"conversationId": id, "agent": agent, "userId": self.caller.user_id(),
-                       "workflowRunId": call.run_id}),
-            )
-            .subject(id.to_string())
-            .actor(self.caller.actor()),
-        )
-        .await?;
-        store::insert_message(
+        let conversation = store::create_conversation(
             &mut tx,
             &self.caller,
-            id,
-            &NewMessage {
-                role: "user",
-                content: prompt,
+            &NewConversation {
                 agent: Some(agent),
-                ..NewMessage::default()
+                title: Some(&format!("workflow run {} / {}", call.run_id, call.node)),
+                metadata: Some(&metadata),
+                event: Some(json!({"workflowRunId": call.run_id})),
+                messages: &[NewMessage {
+                    role: "user",
+                    content: prompt,
+                    agent: Some(agent),
+                    ..NewMessage::default()
+                }],
+                ..NewConversation::default()
             },
         )
         .await?;
         tx.commit().await?;
-        Ok(id)
+        Ok(conversation.id)
     }
 }
 

@@ -9,7 +9,7 @@
 //! message is fit to give back to the model.
 
 mod builtin;
-mod error;
+pub(crate) mod error;
 mod http;
 mod mcp;
 pub mod resilience;
@@ -462,33 +462,10 @@ fn enter(
 /// Validates `args` against the schema; the message names the path of each of the first
 /// problems so the model can fix its call.
 fn validate(validator: &jsonschema::Validator, args: &Value) -> Result<(), ToolError> {
-    const SHOWN: usize = 5;
-    let errors: Vec<String> = validator
-        .iter_errors(args)
-        .take(SHOWN + 1)
-        .map(|e| {
-            let path = e.instance_path().to_string();
-            let path = if path.is_empty() {
-                "/".to_owned()
-            } else {
-                path
-            };
-            let msg = e.to_string();
-            let (msg, _) = error::truncate(&msg, 200);
-            format!("at {path}: {msg}")
-        })
-        .collect();
-    if errors.is_empty() {
-        return Ok(());
+    match crate::schema::problems(validator, args, |path| {
+        format!("at {}", if path.is_empty() { "/" } else { path })
+    }) {
+        None => Ok(()),
+        Some(details) => Err(ToolError::InvalidArguments { details }),
     }
-    let mut details = errors
-        .iter()
-        .take(SHOWN)
-        .cloned()
-        .collect::<Vec<_>>()
-        .join("; ");
-    if errors.len() > SHOWN {
-        details.push_str("; …");
-    }
-    Err(ToolError::InvalidArguments { details })
 }

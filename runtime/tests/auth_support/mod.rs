@@ -13,6 +13,7 @@
 )]
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -377,4 +378,28 @@ pub async fn call_raw(
 /// `Authorization: Bearer <token>`.
 pub fn bearer(token: &str) -> String {
     format!("Bearer {token}")
+}
+
+/// Serves `router` on a free loopback port.
+pub async fn serve(router: Router) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+    addr
+}
+
+/// Points the example order tools (`lookup-order`, `issue-refund`) of `bundle` at the order
+/// service on `addr`, allowlisted the way a tenant allowlists an internal service. The caller
+/// rehashes the bundle after its last change.
+pub fn point_order_tools(bundle: &mut RuntimeBundle, addr: SocketAddr) {
+    for (tool, path) in [
+        ("lookup-order", "orders/{{ args.orderId }}"),
+        ("issue-refund", "orders/{{ args.orderId }}/refunds"),
+    ] {
+        let t = bundle.tools.get_mut(tool).unwrap();
+        let http = t.http.as_mut().unwrap();
+        http.url = format!("http://{addr}/{path}");
+        http.headers.clear();
+        t.egress_allow_hosts = vec!["127.0.0.1".to_owned()];
+    }
 }

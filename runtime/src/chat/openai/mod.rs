@@ -14,7 +14,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use uuid::Uuid;
 
-use crate::agents::store::{self, NewMessage};
+use crate::agents::store::{self, NewConversation, NewMessage};
 use crate::agents::{Turn, TurnEvent, meter};
 use crate::error::{ApiError, ApiResult};
 use crate::gateway::{Caller, Scope};
@@ -194,42 +194,34 @@ async fn start_conversation(
     agent: &str,
     messages: &[Message],
 ) -> Result<Uuid, ApiError> {
-    let id = Uuid::now_v7();
-    let tenant = caller.tenant.id;
-    let mut tx = state.db.begin(tenant).await?;
-    sqlx::query(
-        "insert into agentry.conversations (tenant_id, id, agent, user_id, metadata)
-         values ($1, $2, $3, $4, '{\"source\": \"openai\"}')",
-    )
-    .bind(tenant.0)
-    .bind(id)
-    .bind(agent)
-    .bind(caller.user_id())
-    .execute(&mut *tx)
-    .await?;
     // The agent brings its own system prompt and runs its own tools: only the text of user
     // and assistant messages is stored (a client's tool messages would answer calls the
     // conversation never made).
-    let kept = messages
+    let kept: Vec<NewMessage<'_>> = messages
         .iter()
         .filter(|m| matches!(m.role, Role::User | Role::Assistant))
-        .filter(|m| m.role == Role::User || !m.content.is_empty());
-    for m in kept {
-        store::insert_message(
-            &mut tx,
-            caller,
-            id,
-            &NewMessage {
-                role: m.role.as_str(),
-                content: &m.content,
-                agent: Some(agent),
-                ..NewMessage::default()
-            },
-        )
-        .await?;
-    }
+        .filter(|m| m.role == Role::User || !m.content.is_empty())
+        .map(|m| NewMessage {
+            role: m.role.as_str(),
+            content: &m.content,
+            agent: Some(agent),
+            ..NewMessage::default()
+        })
+        .collect();
+    let mut tx = state.db.begin(caller.tenant.id).await?;
+    let conversation = store::create_conversation(
+        &mut tx,
+        caller,
+        &NewConversation {
+            agent: Some(agent),
+            metadata: Some(&json!({"source": "openai"})),
+            messages: &kept,
+            ..NewConversation::default()
+        },
+    )
+    .await?;
     tx.commit().await?;
-    Ok(id)
+    Ok(conversation.id)
 }
 
 fn completion_body(id: &str, model: &str, content: &str, finished: &sse::Finished) -> Value {
