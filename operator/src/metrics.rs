@@ -28,6 +28,14 @@ pub struct KindLabels {
     pub kind: String,
 }
 
+/// Labels of bundle counts.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BundleLabels {
+    /// `compiled`, or `reused` when the inputs were unchanged and the ConfigMap still held
+    /// the bundle published last.
+    pub outcome: String,
+}
+
 /// Every metric family of the operator.
 #[derive(Debug)]
 pub struct Metrics {
@@ -44,6 +52,8 @@ pub struct Metrics {
     pub status_writes: Family<KindLabels, Counter>,
     /// 1 while this process holds the leader Lease (or runs without leader election).
     pub leader: Gauge,
+    /// Bundles a reconcile compiled or reused.
+    pub bundles: Family<BundleLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -90,6 +100,12 @@ impl Metrics {
             "1 while this process runs the controllers",
             leader.clone(),
         );
+        let bundles = Family::<BundleLabels, Counter>::default();
+        registry.register(
+            "bundles",
+            "Bundles reconciles compiled, or reused because their inputs were unchanged",
+            bundles.clone(),
+        );
         Self {
             registry,
             reconciles,
@@ -98,6 +114,7 @@ impl Metrics {
             tenants,
             status_writes,
             leader,
+            bundles,
         }
     }
 
@@ -121,6 +138,16 @@ impl Metrics {
         self.status_writes
             .get_or_create(&KindLabels {
                 kind: kind.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Counts one bundle compiled (`reused: false`) or reused.
+    pub fn bundle(&self, reused: bool) {
+        let outcome = if reused { "reused" } else { "compiled" };
+        self.bundles
+            .get_or_create(&BundleLabels {
+                outcome: outcome.to_owned(),
             })
             .inc();
     }

@@ -33,7 +33,13 @@ pub const PERMISSIONS: &[(&str, &str, &[&str])] = &[
     // Secrets: the tenant's credentials (read to keep them), provider keys (read in the
     // operator's namespace, copied into the tenant's).
     ("", "secrets", &["get", "list", "watch", "create", "patch"]),
-    ("", "configmaps", &["list", "watch", "create", "patch"]),
+    // ConfigMaps: the bundle (read back instead of compiling it again when its inputs are
+    // unchanged).
+    (
+        "",
+        "configmaps",
+        &["get", "list", "watch", "create", "patch"],
+    ),
     ("", "services", &["list", "watch", "create", "patch"]),
     (
         "apps",

@@ -13,9 +13,11 @@ pub const BUNDLE_HASH_ANNOTATION: &str = "agentry.dev/bundle-hash";
 /// leaves room for metadata).
 pub const MAX_BUNDLE_BYTES: usize = 1_000_000;
 
-/// The ConfigMap the runtime mounts. The runtime polls the file and hot-reloads it, so the
-/// pod template carries no hash of it: a new bundle must not restart pods.
-pub fn config_map(owner: &Owner, bundle: &RuntimeBundle) -> ConfigMap {
+/// The ConfigMap the runtime mounts: `json` is `bundle`'s canonical JSON
+/// ([`RuntimeBundle::to_canonical_json`]), made once by whoever compiled or read the bundle.
+/// The runtime polls the file and hot-reloads it, so the pod template carries no hash of it:
+/// a new bundle must not restart pods.
+pub fn config_map(owner: &Owner, bundle: &RuntimeBundle, json: &str) -> ConfigMap {
     let mut meta = owner.meta(BUNDLE_CONFIGMAP);
     meta.annotations = Some(BTreeMap::from([(
         BUNDLE_HASH_ANNOTATION.to_owned(),
@@ -23,10 +25,7 @@ pub fn config_map(owner: &Owner, bundle: &RuntimeBundle) -> ConfigMap {
     )]));
     ConfigMap {
         metadata: meta,
-        data: Some(BTreeMap::from([(
-            BUNDLE_KEY.to_owned(),
-            bundle.to_canonical_json(),
-        )])),
+        data: Some(BTreeMap::from([(BUNDLE_KEY.to_owned(), json.to_owned())])),
         ..ConfigMap::default()
     }
 }
@@ -40,7 +39,7 @@ mod tests {
     fn the_config_map_holds_the_canonical_bundle_and_its_hash() {
         for t in [tenant(), full_tenant()] {
             let b = bundle(&t);
-            let cm = config_map(&Owner::of(&t), &b);
+            let cm = config_map(&Owner::of(&t), &b, &b.to_canonical_json());
             let json = &cm.data.as_ref().unwrap()[BUNDLE_KEY];
             assert_eq!(json, &b.to_canonical_json());
             let parsed: RuntimeBundle = serde_json::from_str(json).unwrap();

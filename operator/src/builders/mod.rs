@@ -129,6 +129,8 @@ pub struct Inputs<'a> {
     pub settings: &'a Settings,
     /// The compiled bundle.
     pub bundle: &'a RuntimeBundle,
+    /// Its canonical JSON, what the ConfigMap holds.
+    pub bundle_json: &'a str,
     /// The tenant's database role and credentials.
     pub database: &'a Provisioned,
     /// Provider API keys by projected key name (see [`secrets::provider_key_name`]).
@@ -198,7 +200,7 @@ pub fn workload(inputs: &Inputs<'_>) -> Workload {
     Workload {
         credentials: secrets::credentials(&owner, inputs.settings, inputs.database),
         provider_keys: secrets::provider_keys(&owner, inputs.provider_keys),
-        bundle: bundle::config_map(&owner, inputs.bundle),
+        bundle: bundle::config_map(&owner, inputs.bundle, inputs.bundle_json),
         deployment: runtime::deployment(&owner, inputs.tenant, inputs.settings, inputs.bundle),
         service: runtime::service(&owner),
         pdb: runtime::pod_disruption_budget(&owner),
@@ -352,6 +354,7 @@ mod tests {
             tenant: &tenant,
             settings: &settings,
             bundle: &bundle,
+            bundle_json: &bundle.to_canonical_json(),
             database: &db,
             provider_keys: &keys,
         });

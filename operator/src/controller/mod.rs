@@ -8,6 +8,7 @@
 
 mod api;
 mod children;
+mod compiled;
 mod error;
 mod fetch;
 mod tenant;
@@ -62,6 +63,8 @@ pub struct Context {
     pub clock: Clock,
     /// Requeue interval of a converged tenant.
     pub resync: Duration,
+    /// What each tenant's bundle was last compiled from (see [`compiled`]).
+    compiled: compiled::Memo,
     failures: Mutex<HashMap<String, u32>>,
 }
 
@@ -91,6 +94,7 @@ impl Context {
             metrics,
             clock: Arc::new(|| Time(Timestamp::now())),
             resync: Duration::from_secs(300),
+            compiled: compiled::Memo::default(),
             failures: Mutex::new(HashMap::new()),
         }
     }

@@ -3,7 +3,7 @@
 //! idempotent; a converged tenant re-applies identical objects and writes no status.
 
 use agentry_crds::Tenant;
-use agentry_crds::bundle::{Compilation, ObjectKind, compile};
+use agentry_crds::bundle::{Compilation, ObjectKind};
 use agentry_crds::conditions::{find, reasons, types};
 use agentry_crds::tenant::OnDelete;
 use k8s_openapi::api::apps::v1::Deployment;
@@ -14,10 +14,11 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::{Api, ResourceExt as _};
+use serde::Deserialize;
 
 use super::error::Error;
 use super::fetch;
-use super::{Context, api, children};
+use super::{Context, api, children, compiled};
 use crate::builders::bundle::MAX_BUNDLE_BYTES;
 use crate::builders::{self, BUNDLE_KEY, CREDENTIALS_SECRET, Inputs, RUNTIME, tool_secrets};
 use crate::database::{Provisioned, RoleName, TenantRecord, is_tenant_name};
@@ -152,8 +153,9 @@ async fn pipeline(
         .map_err(|e| failed(&mut obs.namespace_ready, e))?;
     validate(tenant, fetched.namespace.as_ref(), settings)
         .map_err(|problem| failed(&mut obs.namespace_ready, Error::Invalid(problem)))?;
-    let compilation = compile(&fetched.sources(tenant));
-    obs.counts = Some(status::counts(&compilation));
+    let published = compiled::bundle(client, &ctx.compiled, &ctx.metrics, tenant, &fetched).await;
+    let compilation = &published.compilation;
+    obs.counts = Some(status::counts(compilation));
     let referenced = tool_secrets::references(&compilation.bundle);
     let secret_keys = fetch::secret_keys(client, &obs.namespace, referenced.keys())
         .await
@@ -182,6 +184,7 @@ async fn pipeline(
         tenant,
         settings,
         bundle: &compilation.bundle,
+        bundle_json: &published.json,
         database: &database,
         provider_keys: &provider_keys,
     });
@@ -220,18 +223,18 @@ async fn pipeline(
             .map_err(|e| failed(&mut obs.bundle_ready, e))?;
         obs.bundle_hash = Some(compilation.bundle.hash.clone());
     }
-    obs.bundle_ready = bundle_check(&compilation, size, &missing_keys, tool_problems.len());
+    obs.bundle_ready = bundle_check(compilation, size, &missing_keys, tool_problems.len());
 
-    let deployment = api::apply(client, &workload.deployment)
+    let rollout: Rollout = api::apply_and_read(client, &workload.deployment)
         .await
         .map_err(|e| failed(&mut obs.runtime_ready, e))?;
     apply_runtime_extras(ctx, &workload, &obs.namespace)
         .await
         .map_err(|e| failed(&mut obs.runtime_ready, e))?;
     obs.endpoint = Some(builders::endpoint(tenant, settings));
-    obs.runtime_ready = runtime_check(tenant, &deployment);
+    obs.runtime_ready = runtime_check(tenant, &rollout);
 
-    children::write_statuses(ctx, &fetched, &compilation, &tool_problems, now).await?;
+    children::write_statuses(ctx, &fetched, compilation, &tool_problems, now).await?;
     Ok(Action::requeue(ctx.resync))
 }
 
@@ -257,7 +260,7 @@ async fn apply_runtime_extras(
     api::apply(client, &workload.service).await?;
     api::apply(client, &workload.pdb).await?;
     match &workload.hpa {
-        Some(hpa) => drop(api::apply(client, hpa).await?),
+        Some(hpa) => api::apply(client, hpa).await?,
         None => api::delete::<HorizontalPodAutoscaler>(client, namespace, RUNTIME).await?,
     }
     // Without Ingress settings the operator leaves Ingresses alone: it never made any.
@@ -332,21 +335,46 @@ fn bundle_check(
     Check::ok(reasons::COMPILED, message)
 }
 
+/// What RuntimeReady needs of the Deployment the API server returns after the apply.
+#[derive(Debug, Default, Deserialize)]
+struct Rollout {
+    #[serde(default)]
+    spec: Option<RolloutSpec>,
+    #[serde(default)]
+    status: Option<RolloutStatus>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct RolloutSpec {
+    #[serde(default)]
+    replicas: Option<i32>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RolloutStatus {
+    #[serde(default)]
+    available_replicas: Option<i32>,
+}
+
 /// RuntimeReady from the Deployment the API server returned.
-fn runtime_check(tenant: &Tenant, deployment: &Deployment) -> Check {
+fn runtime_check(tenant: &Tenant, deployment: &Rollout) -> Check {
     if tenant.spec.suspended {
         return Check::ok(
             reasons::SUSPENDED,
             "suspended: the runtime is scaled to zero",
         );
     }
-    let status = deployment.status.clone().unwrap_or_default();
     let desired = deployment
         .spec
         .as_ref()
         .and_then(|s| s.replicas)
         .unwrap_or(1);
-    let available = status.available_replicas.unwrap_or(0);
+    let available = deployment
+        .status
+        .as_ref()
+        .and_then(|s| s.available_replicas)
+        .unwrap_or(0);
     let message = format!("{available} of {desired} replicas available");
     if available > 0 {
         Check::ok(reasons::RECONCILED, message)
@@ -410,6 +438,7 @@ pub(super) async fn cleanup(tenant: &Tenant, ctx: &Context) -> Result<Action, Er
         api::apply_status(&api, tenant, &next).await?;
         ctx.metrics.status_written("Tenant");
     }
+    ctx.compiled.forget(&name);
     // Stop the runtime first so that no pod reconnects while its role is dropped.
     api::delete::<Deployment>(&ctx.client, &namespace, RUNTIME).await?;
     ctx.provisioner.remove(&name, tenant.spec.on_delete).await?;
@@ -479,22 +508,18 @@ mod tests {
     #[test]
     fn runtime_is_ready_once_a_replica_is_available() {
         let t = tenant();
-        let mut d = Deployment {
-            spec: Some(k8s_openapi::api::apps::v1::DeploymentSpec {
-                replicas: Some(2),
-                ..Default::default()
-            }),
-            ..Deployment::default()
-        };
-        let waiting = runtime_check(&t, &d);
+        // What the API server answers an apply with; only spec.replicas and the status count.
+        let mut answer = serde_json::json!({
+            "apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": "agentry-runtime", "managedFields": [{"manager": "x"}]},
+            "spec": {"replicas": 2, "template": {"spec": {"containers": [{"name": "runtime"}]}}},
+        });
+        let waiting = runtime_check(&t, &serde_json::from_value(answer.clone()).unwrap());
         assert!(!waiting.ok);
         assert_eq!(waiting.reason, reasons::PROGRESSING);
         assert!(waiting.message.starts_with("0 of 2 replicas available"));
-        d.status = Some(k8s_openapi::api::apps::v1::DeploymentStatus {
-            available_replicas: Some(1),
-            ..Default::default()
-        });
-        let serving = runtime_check(&t, &d);
+        answer["status"] = serde_json::json!({"replicas": 2, "availableReplicas": 1});
+        let serving = runtime_check(&t, &serde_json::from_value(answer).unwrap());
         assert!(serving.ok);
         assert_eq!(serving.message, "1 of 2 replicas available");
     }

@@ -170,6 +170,9 @@ async fn every_permission_is_used_and_every_call_is_permitted() {
     .await;
     record(&calls);
 
+    // A converged tenant reads its bundle back.
+    record(&bundle_read_back().await.calls);
+
     // A repeated Event becomes a series (a patch of the first).
     let (ctx, handle) = context(settings(), Arc::new(FakeProvisioner::default()), at(1_000));
     let (_, calls) = run_scenario(handle, vec![event(), event_series()], async {

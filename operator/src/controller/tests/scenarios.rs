@@ -164,6 +164,30 @@ async fn a_converged_tenant_applies_identical_objects_and_writes_no_status() {
     assert!(!ctx.metrics.encode().contains("status_writes_total{"));
 }
 
+#[tokio::test]
+async fn an_unchanged_tenant_reads_its_bundle_back_and_a_drifted_one_is_compiled_again() {
+    let run = bundle_read_back().await;
+    for result in run.results {
+        result.unwrap();
+    }
+    let applied: Vec<&Value> = run
+        .calls
+        .iter()
+        .filter(|c| c.is_apply() && c.path == core("configmaps", "agentry-bundle"))
+        .map(|c| &c.body)
+        .collect();
+    assert_eq!(applied, [&run.published, &run.published, &run.published]);
+    let metrics = run.ctx.metrics.encode();
+    assert!(
+        metrics.contains("agentry_operator_bundles_total{outcome=\"compiled\"} 2"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("agentry_operator_bundles_total{outcome=\"reused\"} 1"),
+        "{metrics}"
+    );
+}
+
 /// A Tool whose header value comes from a Secret in the tenant namespace.
 const SECRET_TOOL: &str = r#"
 apiVersion: agentry.dev/v1alpha1

@@ -321,3 +321,64 @@ pub(crate) fn deletion_scenario() -> Vec<Expect> {
         patch(TENANT_PATH, Reply::Json(200, tenant)),
     ]
 }
+
+/// Objects as the API server holds them: each with a uid (the fixtures have generations).
+fn stored_objects() -> Objects {
+    let mut o = crate::fixtures::objects(false);
+    let metas = o.agents.iter_mut().map(|a| &mut a.metadata);
+    let metas = metas.chain(o.tools.iter_mut().map(|t| &mut t.metadata));
+    let metas = metas.chain(o.workflows.iter_mut().map(|w| &mut w.metadata));
+    for meta in metas.chain(o.flags.iter_mut().map(|f| &mut f.metadata)) {
+        meta.uid = Some(format!("uid-{}", meta.name.clone().unwrap()));
+    }
+    o
+}
+
+/// Three reconciles of one tenant by one controller, and what they did.
+pub(crate) struct ReadBack {
+    pub results: Vec<Result<Action, Error>>,
+    pub calls: Vec<Call>,
+    pub ctx: Arc<Context>,
+    /// The bundle ConfigMap the first reconcile applied.
+    pub published: Value,
+}
+
+/// The first reconcile compiles; the next two find the inputs unchanged and read the bundle
+/// ConfigMap back, which holds the published bundle (reused), then a hand-edited one
+/// (compiled again and put back).
+pub(crate) async fn bundle_read_back() -> ReadBack {
+    let fake = Arc::new(FakeProvisioner::default());
+    let world = World::new(live_tenant(), stored_objects());
+    // What the API server holds once the first reconcile is done.
+    let (first, calls, _) =
+        reconcile_world(&world, &new_tenant_writes(), fake.clone(), at(1_000)).await;
+    first.unwrap();
+    let again = converged(&world, &calls);
+    let bundle_path = core("configmaps", "agentry-bundle");
+    let published = find_call(&calls, "PATCH", &bundle_path).body.clone();
+    let mut edited = published.clone();
+    edited["data"]["bundle.json"] = json!("{\"hash\":\"edited by hand\"}");
+
+    let (ctx, handle) = context(settings(), fake, at(1_000));
+    let mut scenario = apply_scenario(&world, &new_tenant_writes());
+    for held in [published.clone(), edited] {
+        let mut converged = apply_scenario(&again, &Writes::default());
+        // After the namespace, the four lists and the credentials Secret.
+        converged.insert(6, get(bundle_path.clone(), Reply::Json(200, held)));
+        scenario.extend(converged);
+    }
+    let (results, calls) = run_scenario(handle, scenario, async {
+        let mut results = Vec::new();
+        for tenant in [&world.tenant, &again.tenant, &again.tenant] {
+            results.push(reconcile(Arc::new(tenant.clone()), ctx.clone()).await);
+        }
+        results
+    })
+    .await;
+    ReadBack {
+        results,
+        calls,
+        ctx,
+        published,
+    }
+}
