@@ -51,6 +51,13 @@ pub const WATCHED: &[(&str, &str)] = &[
     ("agentry.dev", "featureflags"),
 ];
 
+/// Objects per page when a watch lists (the initial list and every relist). A page is parsed
+/// whole before the first object of it is handed on, managed fields included, so its size
+/// sets the controller's peak memory: with 10,000 tenants, kube-runtime's default of 500 made
+/// pages of Tenants of about 16 MiB while being parsed, and the process kept that memory after
+/// start-up. 50 costs 200 list requests instead of 20 for 10,000 objects.
+pub const LIST_PAGE_SIZE: u32 = 50;
+
 /// Annotation in which a client-side `kubectl apply` keeps a copy of what it applied.
 pub const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
 
@@ -118,16 +125,14 @@ pub async fn run(
     let client = ctx.client.clone();
     let operator_namespace = ctx.settings.operator_namespace.clone();
     let (store, writer) = reflector::store();
-    let tenants = watcher(
-        Api::<Tenant>::all(client.clone()),
-        watcher::Config::default(),
-    )
-    .default_backoff()
-    .modify(slim)
-    .reflect(writer)
-    .applied_objects();
+    let listed = || watcher::Config::default().page_size(LIST_PAGE_SIZE);
+    let tenants = watcher(Api::<Tenant>::all(client.clone()), listed())
+        .default_backoff()
+        .modify(slim)
+        .reflect(writer)
+        .applied_objects();
     let controller = Controller::for_stream(tenants, store.clone());
-    let managed = || watcher::Config::default().labels(MANAGED_SELECTOR);
+    let managed = || listed().labels(MANAGED_SELECTOR);
     macro_rules! owned {
         ($controller:expr, $kind:ty) => {
             $controller.owns_stream(
@@ -146,7 +151,7 @@ pub async fn run(
             $controller.watches_stream(
                 watcher(
                     Api::<PartialObjectMeta<$kind>>::all(client.clone()),
-                    watcher::Config::default(),
+                    listed(),
                 )
                 .default_backoff()
                 .touched_objects(),
@@ -177,7 +182,7 @@ pub async fn run(
     let controller = controller.watches_stream(
         watcher(
             Api::<PartialObjectMeta<Secret>>::namespaced(client.clone(), &operator_namespace),
-            watcher::Config::default(),
+            listed(),
         )
         .default_backoff()
         .touched_objects(),
