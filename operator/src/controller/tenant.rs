@@ -338,22 +338,18 @@ fn bundle_check(
 /// What RuntimeReady needs of the Deployment the API server returns after the apply.
 #[derive(Debug, Default, Deserialize)]
 struct Rollout {
-    #[serde(default)]
     spec: Option<RolloutSpec>,
-    #[serde(default)]
     status: Option<RolloutStatus>,
 }
 
 #[derive(Debug, Default, Deserialize)]
 struct RolloutSpec {
-    #[serde(default)]
     replicas: Option<i32>,
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct RolloutStatus {
-    #[serde(default)]
     available_replicas: Option<i32>,
 }
 
