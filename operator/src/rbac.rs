@@ -7,8 +7,9 @@
 
 /// `(apiGroup, resource, verbs)`; the core group is `""`.
 pub const PERMISSIONS: &[(&str, &str, &[&str])] = &[
-    // Tenants: watched, finalizer added and removed (patch), status applied.
-    ("agentry.dev", "tenants", &["list", "watch", "patch"]),
+    // Tenants: watched (metadata only), read at the start of each reconcile, finalizer added
+    // and removed (patch), status applied.
+    ("agentry.dev", "tenants", &["get", "list", "watch", "patch"]),
     ("agentry.dev", "tenants/status", &["patch"]),
     // Owner references with blockOwnerDeletion need this on the owner.
     ("agentry.dev", "tenants/finalizers", &["update"]),

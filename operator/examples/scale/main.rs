@@ -7,7 +7,7 @@
 //! cargo run --release -p agentry-operator --example scale -- memory 10000
 //! ```
 //!
-//! The reconcile is the operator's own (`controller::reconcile`, with `finalizer()`), talking
+//! The reconcile is the operator's own (`controller::reconcile_cached`, with `finalizer()`), talking
 //! through a real `kube::Client` to an in-process API server on another thread
 //! (`api.rs`), so the operator thread's CPU time is its own work: building, compiling,
 //! serializing requests and parsing answers. The database is an in-memory provisioner (the

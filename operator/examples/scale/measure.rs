@@ -13,8 +13,21 @@ pub fn thread_cpu() -> Duration {
     )
 }
 
-/// `(VmRSS, VmHWM)` of this process in KiB, from `/proc/self/status`.
-pub fn memory_kib() -> anyhow::Result<(u64, u64)> {
+/// The process's resident memory in KiB, from `/proc/self/status`.
+#[derive(Debug, Clone, Copy)]
+pub struct Memory {
+    /// `VmRSS`: everything resident.
+    pub rss: u64,
+    /// `VmHWM`: the most that was ever resident.
+    pub peak: u64,
+    /// `RssAnon`: heap and stacks.
+    pub anon: u64,
+    /// `RssFile`: pages of the executable and libraries.
+    pub file: u64,
+}
+
+/// This process's [`Memory`] now.
+pub fn memory_kib() -> anyhow::Result<Memory> {
     let status = std::fs::read_to_string("/proc/self/status")?;
     let field = |name: &str| {
         status
@@ -23,7 +36,12 @@ pub fn memory_kib() -> anyhow::Result<(u64, u64)> {
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
             .ok_or_else(|| anyhow::anyhow!("no {name} in /proc/self/status"))
     };
-    Ok((field("VmRSS:")?, field("VmHWM:")?))
+    Ok(Memory {
+        rss: field("VmRSS:")?,
+        peak: field("VmHWM:")?,
+        anon: field("RssAnon:")?,
+        file: field("RssFile:")?,
+    })
 }
 
 /// Mean, median, 99th percentile and maximum of `samples` (microseconds).

@@ -11,7 +11,7 @@ use anyhow::{Context as _, ensure};
 use serde_json::{Map, Value, json};
 
 use crate::api::{Counts, Replica, Shared, lock};
-use crate::measure::memory_kib;
+use crate::measure::{Memory, memory_kib};
 use crate::reconcile::{TENANTS, converged_store};
 use crate::world::{Template, tenant_name};
 
@@ -111,7 +111,7 @@ pub fn run(template: &Template, n: usize) -> anyhow::Result<()> {
     // The client's request buffer is a task on this runtime.
     let _entered = runtime.enter();
     let (ctx, shared) = crate::context(replica)?;
-    let (baseline, _) = memory_kib()?;
+    let baseline = memory_kib()?;
     // The default of `--concurrency`.
     let concurrency = 4;
     let stop = tokio_util::sync::CancellationToken::new();
@@ -123,7 +123,7 @@ pub fn run(template: &Template, n: usize) -> anyhow::Result<()> {
     let started = Instant::now();
     let settled = runtime.block_on(settle(&shared, n))?;
     let took = started.elapsed();
-    let (rss, hwm) = memory_kib()?;
+    let after = memory_kib()?;
     let counts = lock(&shared).counts.clone();
     stop.cancel();
     runtime.block_on(async {
@@ -150,16 +150,25 @@ pub fn run(template: &Template, n: usize) -> anyhow::Result<()> {
         counts.events
     );
     println!("tenants reconciled: {settled}");
+    let line = |what: &str, m: &Memory| {
+        println!(
+            "RSS {what:<34} {:>6.1} MiB (heap and stacks {:.1}, executable and libraries {:.1})",
+            mib(m.rss),
+            mib(m.anon),
+            mib(m.file)
+        );
+    };
+    line("before the controller started:", &baseline);
+    line(&format!("with {n} tenants:"), &after);
     println!(
-        "RSS before the controller started: {:.1} MiB",
-        mib(baseline)
+        "RSS added by the tenants:              {:>6.1} MiB ({:.0} bytes per tenant)",
+        mib(after.rss.saturating_sub(baseline.rss)),
+        after.rss.saturating_sub(baseline.rss) as f64 * 1024.0 / n as f64
     );
-    println!("RSS with {n} tenants:             {:.1} MiB", mib(rss));
     println!(
-        "RSS added by the tenants:          {:.1} MiB",
-        mib(rss.saturating_sub(baseline))
+        "peak RSS (VmHWM):                      {:>6.1} MiB",
+        mib(after.peak)
     );
-    println!("peak RSS (VmHWM):                  {:.1} MiB", mib(hwm));
     println!();
     ensure!(
         settled >= n,

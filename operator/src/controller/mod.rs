@@ -11,6 +11,7 @@ mod children;
 mod compiled;
 mod error;
 mod fetch;
+mod index;
 mod tenant;
 mod watch;
 
@@ -18,7 +19,8 @@ mod watch;
 mod tests;
 
 pub use error::{Error, describe, is_not_found};
-pub use watch::{WATCHED, run, tenant_of_namespace, tenants_in_namespace, tenants_using_secret};
+pub use index::TenantIndex;
+pub use watch::{WATCHED, run};
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -28,6 +30,7 @@ use agentry_crds::Tenant;
 use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
+use kube::core::PartialObjectMeta;
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::finalizer::{self, finalizer};
@@ -65,6 +68,8 @@ pub struct Context {
     pub resync: Duration,
     /// What each tenant's bundle was last compiled from (see [`compiled`]).
     compiled: compiled::Memo,
+    /// Namespace and provider key Secrets of each Tenant (see [`index`]).
+    pub index: TenantIndex,
     failures: Mutex<HashMap<String, u32>>,
 }
 
@@ -95,6 +100,7 @@ impl Context {
             clock: Arc::new(|| Time(Timestamp::now())),
             resync: Duration::from_secs(300),
             compiled: compiled::Memo::default(),
+            index: TenantIndex::default(),
             failures: Mutex::new(HashMap::new()),
         }
     }
@@ -176,12 +182,37 @@ pub fn backoff(attempt: u32) -> Duration {
     BACKOFF_BASE.saturating_mul(factor).min(BACKOFF_MAX)
 }
 
+/// The controller's reconcile. Its cache holds Tenants as metadata only (see
+/// [`watch::run`]), so it reads the Tenant first and hands it to [`reconcile`]; a Tenant gone
+/// meanwhile has nothing left to do (its cleanup ran before its finalizer was removed).
+pub async fn reconcile_cached(
+    cached: Arc<PartialObjectMeta<Tenant>>,
+    ctx: Arc<Context>,
+) -> Result<Action, Error> {
+    let started = Instant::now();
+    let name = cached.name_any();
+    let api: Api<Tenant> = Api::all(ctx.client.clone());
+    match api.get_opt(&name).await {
+        Ok(Some(tenant)) => reconcile(Arc::new(tenant), ctx).await,
+        Ok(None) => {
+            ctx.index.forget(&name);
+            Ok(Action::await_change())
+        }
+        Err(e) => {
+            ctx.metrics.reconciled("Tenant", "error", started.elapsed());
+            Err(Error::kube("get", format!("Tenant {name}"), e))
+        }
+    }
+}
+
 /// Reconciles one Tenant: the finalizer decides between apply and cleanup; the result is
 /// counted, logged, and (when it is a failure) published as an Event.
 pub async fn reconcile(tenant: Arc<Tenant>, ctx: Arc<Context>) -> Result<Action, Error> {
     let started = Instant::now();
     let _running = ctx.metrics.in_flight();
     let name = tenant.name_any();
+    // Before anything is read, so that the watches map every later change to this Tenant.
+    ctx.index.record(&tenant);
     let api: Api<Tenant> = Api::all(ctx.client.clone());
     let result = finalizer(&api, FINALIZER, tenant.clone(), |event| async {
         match event {
@@ -218,7 +249,7 @@ pub async fn reconcile(tenant: Arc<Tenant>, ctx: Arc<Context>) -> Result<Action,
 
 /// What to do after a failed reconcile: an invalid Tenant waits for a change; anything else
 /// is retried with exponential backoff.
-pub fn error_policy(tenant: Arc<Tenant>, error: &Error, ctx: Arc<Context>) -> Action {
+pub fn error_policy<K: kube::Resource>(tenant: Arc<K>, error: &Error, ctx: Arc<Context>) -> Action {
     if error.is_invalid() {
         return Action::await_change();
     }

@@ -435,6 +435,7 @@ pub(super) async fn cleanup(tenant: &Tenant, ctx: &Context) -> Result<Action, Er
         ctx.metrics.status_written("Tenant");
     }
     ctx.compiled.forget(&name);
+    ctx.index.forget(&name);
     // Stop the runtime first so that no pod reconnects while its role is dropped.
     api::delete::<Deployment>(&ctx.client, &namespace, RUNTIME).await?;
     ctx.provisioner.remove(&name, tenant.spec.on_delete).await?;

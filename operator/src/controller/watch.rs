@@ -3,10 +3,10 @@
 //! Owned objects are watched by label (`app.kubernetes.io/managed-by=agentry-operator`) and
 //! mapped through their owner reference. Agents, Tools, Workflows, FeatureFlags and Secrets
 //! (those Tools read header values from) are mapped to the Tenant whose namespace they live
-//! in, and provider key Secrets in the
-//! operator's namespace to every Tenant that names them, both by looking the Tenants up in
-//! the controller's own cache. Everything but the Tenants is watched as metadata only: the
-//! watches only trigger, reconcile reads what it needs, and bundles and Secrets stay out of
+//! in, and provider key Secrets in the operator's namespace to every Tenant that names them,
+//! both through the [`TenantIndex`] each reconcile records its Tenant in. Everything is
+//! watched as metadata only, Tenants included: the watches only trigger, reconcile reads what
+//! it needs (the Tenant itself first), and specs, statuses, bundles and Secrets stay out of
 //! memory.
 
 use std::future::Future;
@@ -21,13 +21,14 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::api::networking::v1::{Ingress, NetworkPolicy};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{Config, Controller};
 use kube::runtime::reflector::{self, ObjectRef};
 use kube::runtime::{WatchStreamExt as _, watcher};
-use kube::{Api, ResourceExt as _};
+use kube::{Api, Resource, ResourceExt as _};
 
-use super::{Context, error_policy, reconcile};
+use super::{Context, TenantIndex, error_policy, reconcile_cached};
 use crate::builders::MANAGED_SELECTOR;
 
 /// Every `(apiGroup, resource)` the controller lists and watches; kept in step with [`run`].
@@ -58,61 +59,32 @@ pub const WATCHED: &[(&str, &str)] = &[
 /// start-up. 50 costs 200 list requests instead of 20 for 10,000 objects.
 pub const LIST_PAGE_SIZE: u32 = 50;
 
-/// Annotation in which a client-side `kubectl apply` keeps a copy of what it applied.
-pub const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
+/// What the controller caches of a Tenant: its metadata.
+pub type CachedTenant = PartialObjectMeta<Tenant>;
 
-/// Drops from a watched Tenant what reconcile never reads, before it enters the cache: its
-/// managed fields and `kubectl`'s last-applied copy. They are most of a Tenant's size (a
-/// Tenant of the Acme example takes about 32 KiB of memory with its managed fields and 6 KiB
-/// without; see docs/benchmarks.md), and the cache holds every Tenant.
-pub fn slim(tenant: &mut Tenant) {
-    tenant.managed_fields_mut().clear();
-    if let Some(annotations) = tenant.metadata.annotations.as_mut() {
-        annotations.remove(LAST_APPLIED);
-    }
+/// Reduces a watched object's metadata to what identifies it (name, namespace, uid,
+/// resourceVersion) before it enters the cache. Reconcile reads the Tenant itself and the
+/// controller looks Tenants up by name, so nothing else is read from the cache; managed
+/// fields, `kubectl`'s last-applied annotation, GitOps tools' labels and annotations and the
+/// finalizer would otherwise be most of each cached Tenant.
+pub fn identity_only<K: Resource>(object: &mut K) {
+    let meta = object.meta_mut();
+    *meta = ObjectMeta {
+        name: meta.name.take(),
+        namespace: meta.namespace.take(),
+        uid: meta.uid.take(),
+        resource_version: meta.resource_version.take(),
+        ..ObjectMeta::default()
+    };
 }
 
-/// Whether `namespace` is the tenant's (`spec.namespace`, else `tenant-<name>`), without
-/// allocating: it runs for every Tenant on a cache miss.
-fn lives_in(tenant: &Tenant, namespace: &str) -> bool {
-    match &tenant.spec.namespace {
-        Some(ns) => ns == namespace,
-        None => namespace.strip_prefix("tenant-") == tenant.metadata.name.as_deref(),
-    }
-}
-
-/// Tenants whose namespace is `namespace`.
-pub fn tenants_in_namespace(tenants: &[Arc<Tenant>], namespace: &str) -> Vec<ObjectRef<Tenant>> {
-    tenants
+/// The Tenants whose namespace is `namespace`, as the controller's cache names them.
+fn in_namespace(index: &TenantIndex, namespace: Option<String>) -> Vec<ObjectRef<CachedTenant>> {
+    namespace
+        .map(|ns| index.tenants_in_namespace(&ns))
+        .unwrap_or_default()
         .iter()
-        .filter(|t| lives_in(t, namespace))
-        .map(|t| ObjectRef::from_obj(t.as_ref()))
-        .collect()
-}
-
-/// The Tenant whose namespace is `namespace`, from the controller's cache. Every object event
-/// in every namespace asks, so the usual case, a tenant in its default namespace
-/// `tenant-<name>`, is one lookup; any other namespace is one pass over the cache without
-/// copying it (validation keeps a namespace to one Tenant).
-pub fn tenant_of_namespace(
-    tenants: &reflector::Store<Tenant>,
-    namespace: &str,
-) -> Option<ObjectRef<Tenant>> {
-    let by_default_name = namespace
-        .strip_prefix("tenant-")
-        .and_then(|name| tenants.get(&ObjectRef::new(name)))
-        .filter(|t| lives_in(t, namespace));
-    by_default_name
-        .or_else(|| tenants.find(|t| lives_in(t, namespace)))
-        .map(|t| ObjectRef::from_obj(t.as_ref()))
-}
-
-/// Tenants with a provider whose API key is in the Secret `name`.
-pub fn tenants_using_secret(tenants: &[Arc<Tenant>], name: &str) -> Vec<ObjectRef<Tenant>> {
-    tenants
-        .iter()
-        .filter(|t| super::fetch::provider_secret_names(t).contains(name))
-        .map(|t| ObjectRef::from_obj(t.as_ref()))
+        .map(|name| ObjectRef::new(name))
         .collect()
 }
 
@@ -124,11 +96,11 @@ pub async fn run(
 ) {
     let client = ctx.client.clone();
     let operator_namespace = ctx.settings.operator_namespace.clone();
-    let (store, writer) = reflector::store();
+    let (store, writer) = reflector::store::<CachedTenant>();
     let listed = || watcher::Config::default().page_size(LIST_PAGE_SIZE);
-    let tenants = watcher(Api::<Tenant>::all(client.clone()), listed())
+    let tenants = watcher(Api::<CachedTenant>::all(client.clone()), listed())
         .default_backoff()
-        .modify(slim)
+        .modify(identity_only)
         .reflect(writer)
         .applied_objects();
     let controller = Controller::for_stream(tenants, store.clone());
@@ -147,7 +119,7 @@ pub async fn run(
     }
     macro_rules! in_tenant_namespace {
         ($controller:expr, $kind:ty) => {{
-            let store = store.clone();
+            let ctx = ctx.clone();
             $controller.watches_stream(
                 watcher(
                     Api::<PartialObjectMeta<$kind>>::all(client.clone()),
@@ -155,7 +127,7 @@ pub async fn run(
                 )
                 .default_backoff()
                 .touched_objects(),
-                move |obj| tenant_of_namespace(&store, &obj.namespace().unwrap_or_default()),
+                move |obj| in_namespace(&ctx.index, obj.namespace()),
             )
         }};
     }
@@ -178,7 +150,7 @@ pub async fn run(
     // Secrets Tools read header values from: one appearing or gaining a key changes the
     // Tool's Ready condition.
     let controller = in_tenant_namespace!(controller, Secret);
-    let secrets_store = store.clone();
+    let secrets_ctx = ctx.clone();
     let controller = controller.watches_stream(
         watcher(
             Api::<PartialObjectMeta<Secret>>::namespaced(client.clone(), &operator_namespace),
@@ -186,13 +158,20 @@ pub async fn run(
         )
         .default_backoff()
         .touched_objects(),
-        move |secret| tenants_using_secret(&secrets_store.state(), &secret.name_any()),
+        move |secret| {
+            secrets_ctx
+                .index
+                .tenants_using_secret(&secret.name_any())
+                .iter()
+                .map(|name| ObjectRef::<CachedTenant>::new(name))
+                .collect::<Vec<_>>()
+        },
     );
     let metrics = ctx.metrics.clone();
     controller
         .with_config(Config::default().concurrency(concurrency))
         .graceful_shutdown_on(shutdown)
-        .run(reconcile, error_policy, ctx)
+        .run(reconcile_cached, error_policy, ctx)
         .for_each(|result| {
             metrics
                 .tenants
@@ -210,113 +189,55 @@ pub async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use agentry_crds::common::SecretKeyRef;
-    use agentry_crds::tenant::{ProviderSpec, ProviderType, TenantSpec};
+    use kube::core::PartialObjectMetaExt as _;
 
-    fn tenant(name: &str, namespace: Option<&str>, secret: Option<&str>) -> Arc<Tenant> {
-        let mut spec = TenantSpec {
-            namespace: namespace.map(str::to_owned),
-            ..TenantSpec::default()
+    #[test]
+    fn cached_tenants_keep_only_what_identifies_them() {
+        let mut t = ObjectMeta {
+            name: Some("acme".to_owned()),
+            uid: Some("3f1c".to_owned()),
+            resource_version: Some("42".to_owned()),
+            generation: Some(3),
+            managed_fields: Some(vec![Default::default(), Default::default()]),
+            annotations: Some(
+                [(
+                    "kubectl.kubernetes.io/last-applied-configuration".to_owned(),
+                    "{\"spec\":{}}".to_owned(),
+                )]
+                .into(),
+            ),
+            labels: Some([("argocd.argoproj.io/instance".to_owned(), "acme".to_owned())].into()),
+            finalizers: Some(vec!["agentry.dev/cleanup".to_owned()]),
+            ..ObjectMeta::default()
+        }
+        .into_response_partial::<Tenant>();
+        identity_only(&mut t);
+        assert_eq!(
+            t.metadata,
+            ObjectMeta {
+                name: Some("acme".to_owned()),
+                uid: Some("3f1c".to_owned()),
+                resource_version: Some("42".to_owned()),
+                ..ObjectMeta::default()
+            }
+        );
+    }
+
+    #[test]
+    fn objects_map_to_the_tenant_recorded_for_their_namespace() {
+        let index = TenantIndex::default();
+        index.record(&Tenant::new("acme", Default::default()));
+        let names = |ns: Option<&str>| {
+            in_namespace(&index, ns.map(str::to_owned))
+                .into_iter()
+                .map(|r| r.name)
+                .collect::<Vec<_>>()
         };
-        if let Some(secret) = secret {
-            spec.providers.push(ProviderSpec {
-                name: "openai".to_owned(),
-                type_: ProviderType::Openai,
-                base_url: Some("https://api.openai.com/v1".to_owned()),
-                api_key_secret_ref: Some(SecretKeyRef {
-                    name: secret.to_owned(),
-                    key: "api-key".to_owned(),
-                }),
-                timeout_ms: None,
-            });
-        }
-        Arc::new(Tenant::new(name, spec))
-    }
-
-    #[test]
-    fn cached_tenants_lose_managed_fields_and_the_last_applied_copy_only() {
-        let mut t = Arc::unwrap_or_clone(tenant("acme", None, Some("openai-key")));
-        t.metadata.managed_fields = Some(vec![Default::default(), Default::default()]);
-        t.metadata.annotations = Some(
-            [
-                (LAST_APPLIED.to_owned(), "{\"spec\":{}}".to_owned()),
-                ("team".to_owned(), "support".to_owned()),
-            ]
-            .into(),
+        assert_eq!(names(Some("tenant-acme")), ["acme"]);
+        assert!(names(Some("tenant-globex")).is_empty());
+        assert!(
+            names(None).is_empty(),
+            "cluster-scoped objects map to no Tenant"
         );
-        t.metadata.finalizers = Some(vec!["agentry.dev/cleanup".to_owned()]);
-        let before = t.clone();
-        slim(&mut t);
-        assert!(t.metadata.managed_fields.unwrap_or_default().is_empty());
-        assert_eq!(
-            t.metadata
-                .annotations
-                .clone()
-                .unwrap_or_default()
-                .keys()
-                .collect::<Vec<_>>(),
-            ["team"]
-        );
-        assert_eq!(t.metadata.finalizers, before.metadata.finalizers);
-        assert_eq!(t.spec, before.spec);
-    }
-
-    fn names(refs: Vec<ObjectRef<Tenant>>) -> Vec<String> {
-        refs.into_iter().map(|r| r.name).collect()
-    }
-
-    #[test]
-    fn objects_map_to_the_tenant_of_their_namespace() {
-        let tenants = [
-            tenant("acme", None, None),
-            tenant("globex", Some("globex-prod"), None),
-        ];
-        assert_eq!(
-            names(tenants_in_namespace(&tenants, "tenant-acme")),
-            ["acme"]
-        );
-        assert_eq!(
-            names(tenants_in_namespace(&tenants, "globex-prod")),
-            ["globex"]
-        );
-        assert!(tenants_in_namespace(&tenants, "tenant-globex").is_empty());
-        assert!(tenants_in_namespace(&tenants, "default").is_empty());
-    }
-
-    #[test]
-    fn the_cache_finds_the_tenant_of_a_namespace_by_name_or_by_spec() {
-        let (store, mut writer) = reflector::store::<Tenant>();
-        for t in [
-            tenant("acme", None, None),
-            tenant("globex", Some("globex-prod"), None),
-            tenant("initech", Some("tenant-umbrella"), None),
-        ] {
-            writer.apply_watcher_event(&watcher::Event::Apply(Arc::unwrap_or_clone(t)));
-        }
-        let name = |ns: &str| tenant_of_namespace(&store, ns).map(|r| r.name);
-        assert_eq!(name("tenant-acme").as_deref(), Some("acme"));
-        assert_eq!(name("globex-prod").as_deref(), Some("globex"));
-        assert_eq!(name("tenant-globex"), None, "globex moved to globex-prod");
-        assert_eq!(name("tenant-umbrella").as_deref(), Some("initech"));
-        assert_eq!(name("kube-system"), None);
-    }
-
-    #[test]
-    fn provider_secrets_map_to_every_tenant_naming_them() {
-        let tenants = [
-            tenant("acme", None, Some("openai-key")),
-            tenant("globex", None, Some("openai-key")),
-            tenant("initech", None, Some("other-key")),
-            tenant("umbrella", None, None),
-        ];
-        assert_eq!(
-            names(tenants_using_secret(&tenants, "openai-key")),
-            ["acme", "globex"]
-        );
-        assert_eq!(
-            names(tenants_using_secret(&tenants, "other-key")),
-            ["initech"]
-        );
-        assert!(tenants_using_secret(&tenants, "unrelated").is_empty());
     }
 }

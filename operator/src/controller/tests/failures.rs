@@ -252,3 +252,34 @@ async fn a_failure_of_a_converged_tenant_changes_only_the_failing_condition() {
     );
     assert_eq!(status.phase, Some(TenantPhase::Degraded));
 }
+
+#[tokio::test]
+async fn a_failed_read_of_the_cached_tenant_is_retried_with_backoff() {
+    use kube::core::PartialObjectMetaExt as _;
+    let fake = Arc::new(FakeProvisioner::default());
+    let (ctx, handle) = context(settings(), fake.clone(), at(1_000));
+    let cached = Arc::new(
+        live_tenant()
+            .metadata
+            .into_response_partial::<agentry_crds::Tenant>(),
+    );
+    let (result, _) = run_scenario(
+        handle,
+        vec![get(TENANT_PATH, Reply::status(500, "InternalError"))],
+        crate::controller::reconcile_cached(cached.clone(), ctx.clone()),
+    )
+    .await;
+    let error = result.unwrap_err();
+    assert!(error.to_string().contains("get Tenant acme"), "{error}");
+    assert!(!error.is_invalid());
+    assert_eq!(
+        error_policy(cached, &error, ctx.clone()),
+        Action::requeue(BACKOFF_BASE)
+    );
+    assert!(
+        ctx.metrics
+            .encode()
+            .contains(r#"reconciles_total{kind="Tenant",result="error"} 1"#)
+    );
+    assert!(fake.calls().is_empty());
+}

@@ -5,6 +5,8 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
+use kube::core::PartialObjectMetaExt as _;
+
 use super::world::*;
 use super::*;
 use crate::controller::{WATCHED, reconcile};
@@ -150,14 +152,25 @@ async fn every_permission_is_used_and_every_call_is_permitted() {
     let (_, calls, _) =
         reconcile_world(&plain, &new_tenant_writes(), fake.clone(), at(1_000)).await;
     record(&calls);
+    // As the controller runs it: from the cached metadata, reading the Tenant first.
     let (ctx, handle) = context(settings(), fake.clone(), at(1_000));
+    let new_tenant = crate::fixtures::tenant();
     let (_, calls) = run_scenario(
         handle,
-        vec![patch(
-            TENANT_PATH,
-            Reply::Json(200, serde_json::to_value(live_tenant()).unwrap()),
-        )],
-        reconcile(Arc::new(crate::fixtures::tenant()), ctx),
+        vec![
+            get(
+                TENANT_PATH,
+                Reply::Json(200, serde_json::to_value(&new_tenant).unwrap()),
+            ),
+            patch(
+                TENANT_PATH,
+                Reply::Json(200, serde_json::to_value(live_tenant()).unwrap()),
+            ),
+        ],
+        crate::controller::reconcile_cached(
+            Arc::new(new_tenant.metadata.clone().into_response_partial()),
+            ctx,
+        ),
     )
     .await;
     record(&calls);

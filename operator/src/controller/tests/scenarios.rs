@@ -488,3 +488,69 @@ async fn deletion_stops_the_runtime_drops_the_role_then_removes_the_finalizer() 
         ])
     );
 }
+
+/// The Tenant's metadata as the controller's cache holds it.
+fn cached(
+    tenant: &agentry_crds::Tenant,
+) -> Arc<kube::core::PartialObjectMeta<agentry_crds::Tenant>> {
+    use kube::core::PartialObjectMetaExt as _;
+    Arc::new(tenant.metadata.clone().into_response_partial())
+}
+
+#[tokio::test]
+async fn the_controller_reads_the_tenant_behind_its_cached_metadata_and_indexes_it() {
+    let fake = Arc::new(FakeProvisioner::default());
+    let world = World::new(live_tenant(), objects(false));
+    let (first, calls, _) =
+        reconcile_world(&world, &new_tenant_writes(), fake.clone(), at(1_000)).await;
+    first.unwrap();
+    let again = converged(&world, &calls);
+
+    // The cache is older than the API server: whatever it says, the Tenant read is used.
+    let mut stale = again.tenant.clone();
+    stale.metadata.resource_version = Some("1".to_owned());
+    stale.spec.namespace = Some("elsewhere".to_owned());
+    let (ctx, handle) = context(settings(), fake.clone(), at(9_000));
+    let mut scenario = vec![get(
+        TENANT_PATH,
+        Reply::Json(200, serde_json::to_value(&again.tenant).unwrap()),
+    )];
+    scenario.extend(apply_scenario(&again, &Writes::default()));
+    let (result, calls2) = run_scenario(
+        handle,
+        scenario,
+        crate::controller::reconcile_cached(cached(&stale), ctx.clone()),
+    )
+    .await;
+    result.unwrap();
+    let applies = |calls: &[Call]| -> Vec<(String, Value)> {
+        calls
+            .iter()
+            .filter(|c| c.is_apply() && !c.path.ends_with("/status"))
+            .map(|c| (c.path.clone(), c.body.clone()))
+            .collect()
+    };
+    assert_eq!(applies(&calls), applies(&calls2));
+    assert_eq!(ctx.index.tenants_in_namespace(NS), ["acme"]);
+    assert!(ctx.index.tenants_in_namespace("elsewhere").is_empty());
+}
+
+#[tokio::test]
+async fn a_tenant_gone_before_its_reconcile_has_nothing_left_to_do() {
+    let fake = Arc::new(FakeProvisioner::default());
+    let (ctx, handle) = context(settings(), fake.clone(), at(1_000));
+    ctx.index.record(&live_tenant());
+    let (result, calls) = run_scenario(
+        handle,
+        vec![get(TENANT_PATH, not_found())],
+        crate::controller::reconcile_cached(cached(&live_tenant()), ctx.clone()),
+    )
+    .await;
+    assert_eq!(result.unwrap(), Action::await_change());
+    assert_eq!(calls.len(), 1);
+    assert!(
+        ctx.index.is_empty(),
+        "a Tenant gone leaves no mapping behind"
+    );
+    assert!(fake.calls().is_empty());
+}
