@@ -129,7 +129,14 @@ async fn a_new_tenant_gets_its_namespace_database_bundle_and_runtime() {
     assert_eq!(events[1].body["regarding"]["kind"], "Tenant");
 }
 
-/// The world after a first reconcile: what it applied is what the API server now holds.
+/// Path and body of every apply of an object (not of a status), in order.
+fn object_applies(calls: &[Call]) -> Vec<(String, Value)> {
+    calls
+        .iter()
+        .filter(|c| c.is_apply() && !c.path.ends_with("/status"))
+        .map(|c| (c.path.clone(), c.body.clone()))
+        .collect()
+}
 
 #[tokio::test]
 async fn a_converged_tenant_applies_identical_objects_and_writes_no_status() {
@@ -144,14 +151,7 @@ async fn a_converged_tenant_applies_identical_objects_and_writes_no_status() {
     let (second, calls2, ctx) =
         reconcile_world(&again, &Writes::default(), fake.clone(), at(9_000)).await;
     second.unwrap();
-    let applies = |calls: &[Call]| -> Vec<(String, Value)> {
-        calls
-            .iter()
-            .filter(|c| c.is_apply() && !c.path.ends_with("/status"))
-            .map(|c| (c.path.clone(), c.body.clone()))
-            .collect()
-    };
-    assert_eq!(applies(&calls), applies(&calls2));
+    assert_eq!(object_applies(&calls), object_applies(&calls2));
     assert!(
         calls2
             .iter()
@@ -523,14 +523,7 @@ async fn the_controller_reads_the_tenant_behind_its_cached_metadata_and_indexes_
     )
     .await;
     result.unwrap();
-    let applies = |calls: &[Call]| -> Vec<(String, Value)> {
-        calls
-            .iter()
-            .filter(|c| c.is_apply() && !c.path.ends_with("/status"))
-            .map(|c| (c.path.clone(), c.body.clone()))
-            .collect()
-    };
-    assert_eq!(applies(&calls), applies(&calls2));
+    assert_eq!(object_applies(&calls), object_applies(&calls2));
     assert_eq!(ctx.index.tenants_in_namespace(NS), ["acme"]);
     assert!(ctx.index.tenants_in_namespace("elsewhere").is_empty());
 }
