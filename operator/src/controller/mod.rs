@@ -195,7 +195,9 @@ pub async fn reconcile_cached(
     match api.get_opt(&name).await {
         Ok(Some(tenant)) => reconcile(Arc::new(tenant), ctx).await,
         Ok(None) => {
+            // Its cleanup has already forgotten it, unless its finalizer was removed by hand.
             ctx.index.forget(&name);
+            ctx.compiled.forget(&name);
             Ok(Action::await_change())
         }
         Err(e) => {

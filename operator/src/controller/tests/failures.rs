@@ -206,11 +206,7 @@ async fn an_unreachable_database_is_reported_as_database_not_ready() {
 #[tokio::test]
 async fn a_failure_of_a_converged_tenant_changes_only_the_failing_condition() {
     let fake = Arc::new(FakeProvisioner::default());
-    let world = World::new(live_tenant(), objects(false));
-    let (first, calls, _) =
-        reconcile_world(&world, &new_tenant_writes(), fake.clone(), at(1_000)).await;
-    first.unwrap();
-    let again = converged(&world, &calls);
+    let (again, _) = converged_world(fake.clone()).await;
 
     let mut scenario = apply_scenario(&again, &Writes::default());
     let at_call = scenario
@@ -255,14 +251,9 @@ async fn a_failure_of_a_converged_tenant_changes_only_the_failing_condition() {
 
 #[tokio::test]
 async fn a_failed_read_of_the_cached_tenant_is_retried_with_backoff() {
-    use kube::core::PartialObjectMetaExt as _;
     let fake = Arc::new(FakeProvisioner::default());
     let (ctx, handle) = context(settings(), fake.clone(), at(1_000));
-    let cached = Arc::new(
-        live_tenant()
-            .metadata
-            .into_response_partial::<agentry_crds::Tenant>(),
-    );
+    let cached = cached(&live_tenant());
     let (result, _) = run_scenario(
         handle,
         vec![get(TENANT_PATH, Reply::status(500, "InternalError"))],

@@ -5,8 +5,6 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use kube::core::PartialObjectMetaExt as _;
-
 use super::world::*;
 use super::*;
 use crate::controller::{WATCHED, reconcile};
@@ -167,10 +165,7 @@ async fn every_permission_is_used_and_every_call_is_permitted() {
                 Reply::Json(200, serde_json::to_value(live_tenant()).unwrap()),
             ),
         ],
-        crate::controller::reconcile_cached(
-            Arc::new(new_tenant.metadata.clone().into_response_partial()),
-            ctx,
-        ),
+        crate::controller::reconcile_cached(cached(&new_tenant), ctx),
     )
     .await;
     record(&calls);

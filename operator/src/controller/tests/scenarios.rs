@@ -141,12 +141,7 @@ fn object_applies(calls: &[Call]) -> Vec<(String, Value)> {
 #[tokio::test]
 async fn a_converged_tenant_applies_identical_objects_and_writes_no_status() {
     let fake = Arc::new(FakeProvisioner::default());
-    let world = World::new(live_tenant(), objects(false));
-    let (first, calls, _) =
-        reconcile_world(&world, &new_tenant_writes(), fake.clone(), at(1_000)).await;
-    first.unwrap();
-
-    let again = converged(&world, &calls);
+    let (again, calls) = converged_world(fake.clone()).await;
     // Later, nothing changed: only the applies, no status, no event.
     let (second, calls2, ctx) =
         reconcile_world(&again, &Writes::default(), fake.clone(), at(9_000)).await;
@@ -489,28 +484,20 @@ async fn deletion_stops_the_runtime_drops_the_role_then_removes_the_finalizer() 
     );
 }
 
-/// The Tenant's metadata as the controller's cache holds it.
-fn cached(
-    tenant: &agentry_crds::Tenant,
-) -> Arc<kube::core::PartialObjectMeta<agentry_crds::Tenant>> {
-    use kube::core::PartialObjectMetaExt as _;
-    Arc::new(tenant.metadata.clone().into_response_partial())
-}
-
 #[tokio::test]
 async fn the_controller_reads_the_tenant_behind_its_cached_metadata_and_indexes_it() {
     let fake = Arc::new(FakeProvisioner::default());
-    let world = World::new(live_tenant(), objects(false));
-    let (first, calls, _) =
-        reconcile_world(&world, &new_tenant_writes(), fake.clone(), at(1_000)).await;
-    first.unwrap();
-    let again = converged(&world, &calls);
+    let (again, calls) = converged_world(fake.clone()).await;
 
-    // The cache is older than the API server: whatever it says, the Tenant read is used.
+    // The cache and the index are older than the API server: the Tenant was in another
+    // namespace when last reconciled, and the cached metadata is an older version. The
+    // Tenant read is what counts, and the index moves to its namespace.
     let mut stale = again.tenant.clone();
     stale.metadata.resource_version = Some("1".to_owned());
     stale.spec.namespace = Some("elsewhere".to_owned());
     let (ctx, handle) = context(settings(), fake.clone(), at(9_000));
+    ctx.index.record(&stale);
+    assert_eq!(ctx.index.tenants_in_namespace("elsewhere"), ["acme"]);
     let mut scenario = vec![get(
         TENANT_PATH,
         Reply::Json(200, serde_json::to_value(&again.tenant).unwrap()),

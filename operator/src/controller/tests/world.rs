@@ -6,6 +6,7 @@ use agentry_crds::conditions::find;
 use agentry_crds::tenant::TenantPhase;
 use agentry_crds::{Tenant, TenantStatus};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::core::{PartialObjectMeta, PartialObjectMetaExt as _};
 use kube::runtime::controller::Action;
 use serde_json::{Value, json};
 
@@ -248,6 +249,20 @@ pub(crate) async fn reconcile_world(
     )
     .await;
     (result, calls, ctx)
+}
+
+/// The Tenant's metadata as the controller's cache holds it.
+pub(crate) fn cached(tenant: &Tenant) -> Arc<PartialObjectMeta<Tenant>> {
+    Arc::new(tenant.metadata.clone().into_response_partial())
+}
+
+/// A new tenant reconciled once: the world as the API server then holds it, and the calls of
+/// that first reconcile.
+pub(crate) async fn converged_world(fake: Arc<FakeProvisioner>) -> (World, Vec<Call>) {
+    let world = World::new(live_tenant(), crate::fixtures::objects(false));
+    let (first, calls, _) = reconcile_world(&world, &new_tenant_writes(), fake, at(1_000)).await;
+    first.unwrap();
+    (converged(&world, &calls), calls)
 }
 
 pub(crate) fn converged(world: &World, calls: &[Call]) -> World {
