@@ -7,13 +7,17 @@
 # Build: the workspace's toolchain (rust-version in Cargo.toml), on the same Debian release as
 # the runtime image so that glibc matches.
 FROM rust:1.94-slim-bookworm AS builder
+# make: the operator's allocator (jemalloc) is built from its C sources.
+RUN apt-get update && apt-get install -y --no-install-recommends make \
+    && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .
+# The `dist` profile: release with link-time optimization (Cargo.toml).
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
-    cargo build --release --locked -p agentry-operator -p agentry-runtime \
+    cargo build --profile dist --locked -p agentry-operator -p agentry-runtime \
     && mkdir -p /out \
-    && cp target/release/agentry-operator target/release/agentry-runtime /out/
+    && cp target/dist/agentry-operator target/dist/agentry-runtime /out/
 
 # Run: distroless (glibc, CA certificates, no shell, no package manager), as user 65532.
 FROM gcr.io/distroless/cc-debian12:nonroot

@@ -18,9 +18,10 @@ tenants="${BENCH_OPERATOR_TENANTS:-1 100 10000}"
 memory_tenants="${BENCH_OPERATOR_MEMORY_TENANTS:-10000}"
 mkdir -p "$out"
 
-echo "bench-operator: building the scale benchmark (release)" >&2
-cargo build -q --release -p agentry-operator --example scale
-bin="$target_dir/release/examples/scale"
+# The `dist` profile (release with link-time optimization) is what the image ships.
+echo "bench-operator: building the scale benchmark (dist profile)" >&2
+cargo build -q --profile dist -p agentry-operator --example scale
+bin="$target_dir/dist/examples/scale"
 
 # shellcheck disable=SC2086 # a list of counts
 {

@@ -3,8 +3,10 @@
 # `agentry-runtime dev` (release builds, a fresh database and dev role), then runs the load
 # generator (a) straight at the mock and (b) through `POST /v1/chat/completions` with auth,
 # rate limits, budgets and metering on, at several concurrencies, in the same run. With two or
-# more cores the runtime is pinned to CPU 0 and the mock and the load generator to CPU 1
-# (PostgreSQL and NATS are not pinned). Prints a table; raw JSON goes to target/bench/.
+# more cores the runtime is pinned to CPU 0 and the mock and the load generator to CPU 1;
+# PostgreSQL and NATS are left where they run unless BENCH_PIN_SERVICES=1 moves them to CPU 1
+# for the run (it puts their CPU affinity back on exit; on a quiet 2-vCPU machine it changed
+# nothing measurable, see docs/benchmarks.md). Prints a table; raw JSON goes to target/bench/.
 # Loopback only; every run is a bounded request count, so the whole script ends by itself.
 #
 # It also measures the server's resident memory per idle `/ws/chat` socket (first, on the fresh
@@ -16,6 +18,7 @@
 # Knobs: BENCH_REQUESTS (default 5000 per run), BENCH_CONCURRENCY ("1 16 64"),
 # BENCH_STREAM (1: also measure SSE time to first token), BENCH_WS_SOCKETS (10000; 0 skips),
 # BENCH_NICE (-15: the nice value of the benchmark's processes; 0 leaves it),
+# BENCH_PIN_SERVICES (0; 1 moves the running PostgreSQL and NATS to the load's core),
 # BENCH_OVERLOAD_SECS (5; 0 skips), BENCH_MAX_IN_FLIGHT (the runtime's shedding cap for the
 # closed-loop runs, 1024), BENCH_OVERLOAD_MAX_IN_FLIGHT (the cap for the overload run, 16),
 # CARGO_TARGET_DIR.
@@ -49,6 +52,22 @@ else
   pin_runtime=()
   pin_load=()
 fi
+# PostgreSQL (the server and every backend; new backends inherit the server's affinity) and
+# NATS off the runtime's core. Their affinity before is kept to be put back by `cleanup`.
+services_affinity=()
+if [ "$(nproc)" -ge 2 ] && [ "${BENCH_PIN_SERVICES:-0}" = 1 ]; then
+  for pid in $(pgrep -x postgres) $(pgrep -x nats-server); do
+    if before=$(taskset -p "$pid" 2>/dev/null | sed -E 's/.*: //') &&
+      taskset -p 2 "$pid" >/dev/null 2>&1; then
+      services_affinity+=("$pid:$before")
+    fi
+  done
+  if [ "${#services_affinity[@]}" -gt 0 ]; then
+    echo "bench: PostgreSQL and NATS moved to CPU 1 (${#services_affinity[@]} processes)" >&2
+  else
+    echo "bench: PostgreSQL and NATS left where they run (not found, or not permitted)" >&2
+  fi
+fi
 # On a machine shared with other work, the benchmark's processes get a higher CPU weight (a
 # lower nice value; needs root or CAP_SYS_NICE, skipped otherwise) so that the figures are the
 # code's rather than the neighbours'. With autogroup scheduling (Linux's default for desktop
@@ -73,6 +92,9 @@ role="agentry_bench_$suffix"
 work=$(mktemp -d)
 pids=()
 cleanup() {
+  for entry in "${services_affinity[@]}"; do
+    taskset -p "${entry#*:}" "${entry%%:*}" >/dev/null 2>&1 || true
+  done
   if [ -n "$autogroup_before" ]; then echo "$autogroup_before" >/proc/$$/autogroup 2>/dev/null || true; fi
   for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
   for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done

@@ -48,7 +48,12 @@ fn write_canonical(value: &Value, out: &mut String) -> Result<(), serde_json::Er
 
 /// Lower-case hex SHA-256 of `bytes`.
 pub fn sha256_hex(bytes: &[u8]) -> String {
-    hex::encode(Sha256::digest(bytes))
+    hex::encode(sha256(bytes))
+}
+
+/// SHA-256 of `bytes`.
+pub fn sha256(bytes: &[u8]) -> [u8; 32] {
+    Sha256::digest(bytes).into()
 }
 
 /// Short content revision of a serializable object (first 16 hex digits of its hash).

@@ -13,7 +13,7 @@ mod types;
 pub use checks::{compile_cel, compile_template, validate_json_schema};
 pub use compile::{Compilation, compile};
 pub use graph::{WorkflowGraph, unbounded_cycle};
-pub use hash::{canonical_json, sha256_hex};
+pub use hash::{canonical_json, sha256, sha256_hex};
 pub use sources::{BundleSources, ParseError, Resource, group_by_tenant, parse_documents};
 pub use types::*;
 

@@ -65,16 +65,27 @@ fn dockerfile_builds_both_binaries_into_a_non_root_image() {
         .1;
     let build = args(builder, "RUN").join(" ");
     for needed in [
-        "cargo build --release",
+        "cargo build --profile dist",
         "--locked",
         "-p agentry-operator",
         "-p agentry-runtime",
+        "target/dist/agentry-operator",
     ] {
         assert!(
             build.contains(needed),
             "the build lacks `{needed}`: {build}"
         );
     }
+    // The profile the operator benchmark measures (scripts/bench-operator.sh).
+    assert!(
+        cargo_toml.contains("[profile.dist]"),
+        "Cargo.toml defines the dist profile the image is built with"
+    );
+    let bench = std::fs::read_to_string(root.join("scripts/bench-operator.sh")).unwrap();
+    assert!(
+        bench.contains("--profile dist"),
+        "the operator benchmark measures the profile the image ships"
+    );
 
     let last = stages.last().unwrap();
     let base = args(last, "FROM")[0];

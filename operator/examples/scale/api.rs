@@ -1,7 +1,9 @@
-//! An in-process Kubernetes API server for the benchmark, served on its own thread so that
-//! the operator's thread CPU time holds only the operator's work. It answers what the
-//! controller asks (get, list, server-side apply, JSON patch, delete, events, watches) and
-//! counts every request by kind.
+//! A Kubernetes API server for the benchmark. It answers what the controller asks (get,
+//! list, server-side apply, JSON patch, delete, events, watches) and counts every request by
+//! kind. The reconcile runs serve it in process on its own thread ([`spawn`]), so that the
+//! operator's thread CPU time holds only the operator's work; the memory run serves it over
+//! HTTP from a process of its own ([`serve_http`]), so that none of its memory is counted
+//! as the operator's.
 //!
 //! Two ways to answer:
 //! - [`Store`]: holds objects and applies writes, like the API server (reconcile runs);
@@ -12,15 +14,18 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, PoisonError};
 
+use axum::extract::State;
+use axum::response::IntoResponse as _;
 use http::{Request, Response};
 use kube::client::Body;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 pub type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
 type Responder = tower_test::mock::SendResponse<Response<Body>>;
 
 /// Requests seen, by kind.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Counts {
     pub requests: u64,
     pub gets: u64,
@@ -137,11 +142,12 @@ pub fn spawn<S: Server>(mut handle: Handle, shared: Arc<Mutex<Shared<S>>>) -> an
                         server.answer(&call, counts)
                     };
                     match reply {
-                        Reply::Json(code, value) => {
-                            respond.send_response(response(code, serde_json::to_vec(&value)))
-                        }
+                        Reply::Json(code, value) => respond.send_response(response(
+                            code,
+                            Body::from(serde_json::to_vec(&value).unwrap_or_default()),
+                        )),
                         Reply::Raw(code, text) => {
-                            respond.send_response(response(code, Ok(text.into_bytes())))
+                            respond.send_response(response(code, Body::from(text.into_bytes())))
                         }
                         Reply::Hold => held.push(respond),
                     }
@@ -152,8 +158,72 @@ pub fn spawn<S: Server>(mut handle: Handle, shared: Arc<Mutex<Shared<S>>>) -> an
     Ok(())
 }
 
-fn response(code: u16, body: serde_json::Result<Vec<u8>>) -> Response<Body> {
-    let mut r = Response::new(Body::from(body.unwrap_or_default()));
+/// Where the HTTP server answers how far the run has come ([`Progress`]).
+pub const PROGRESS_PATH: &str = "/bench/progress";
+
+/// The requests seen so far and the tenants reconciled.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Progress {
+    pub counts: Counts,
+    pub reconciled: usize,
+}
+
+/// Serves `shared` over HTTP on `listener` until the process ends.
+pub async fn serve_http(
+    shared: SharedServer<Replica>,
+    listener: tokio::net::TcpListener,
+) -> anyhow::Result<()> {
+    let app = axum::Router::new()
+        .route(PROGRESS_PATH, axum::routing::get(progress))
+        .fallback(answer_http)
+        .with_state(shared);
+    axum::serve(listener, app).await?;
+    Ok(())
+}
+
+async fn progress(State(shared): State<SharedServer<Replica>>) -> axum::Json<Progress> {
+    let guard = lock(&shared);
+    axum::Json(Progress {
+        counts: guard.counts.clone(),
+        reconciled: guard.server.reconciled,
+    })
+}
+
+async fn answer_http(
+    State(shared): State<SharedServer<Replica>>,
+    request: axum::extract::Request,
+) -> axum::response::Response {
+    let (parts, body) = request.into_parts();
+    let call = match axum::body::to_bytes(body, usize::MAX).await {
+        Ok(bytes) => call_of(&parts, &bytes),
+        Err(e) => Err(e.into()),
+    };
+    let call = match call {
+        Ok(call) => call,
+        Err(e) => return (http::StatusCode::BAD_REQUEST, e.to_string()).into_response(),
+    };
+    let reply = {
+        let mut guard = lock(&shared);
+        let Shared { server, counts } = &mut *guard;
+        counts.requests += 1;
+        server.answer(&call, counts)
+    };
+    let body = match reply {
+        Reply::Json(code, value) => {
+            let bytes = serde_json::to_vec(&value).unwrap_or_default();
+            return response(code, axum::body::Body::from(bytes));
+        }
+        Reply::Raw(code, text) => return response(code, axum::body::Body::from(text)),
+        // Headers now, then nothing until the client hangs up: a watch with no news.
+        Reply::Hold => axum::body::Body::from_stream(futures::stream::pending::<
+            Result<Vec<u8>, std::convert::Infallible>,
+        >()),
+    };
+    response(200, body)
+}
+
+fn response<B>(code: u16, body: B) -> Response<B> {
+    let mut r = Response::new(body);
     *r.status_mut() = http::StatusCode::from_u16(code).unwrap_or(http::StatusCode::OK);
     r.headers_mut().insert(
         http::header::CONTENT_TYPE,
@@ -163,9 +233,15 @@ fn response(code: u16, body: serde_json::Result<Vec<u8>>) -> Response<Body> {
 }
 
 async fn read(request: Request<Body>) -> anyhow::Result<Call> {
+    let (parts, body) = request.into_parts();
+    let bytes = body.collect_bytes().await?;
+    call_of(&parts, &bytes)
+}
+
+fn call_of(parts: &http::request::Parts, bytes: &[u8]) -> anyhow::Result<Call> {
     let header = |name: http::header::HeaderName| {
-        request
-            .headers()
+        parts
+            .headers
             .get(name)
             .and_then(|v| v.to_str().ok())
             .unwrap_or_default()
@@ -173,14 +249,13 @@ async fn read(request: Request<Body>) -> anyhow::Result<Call> {
     };
     let content_type = header(http::header::CONTENT_TYPE);
     let accept = header(http::header::ACCEPT);
-    let method = request.method().to_string();
-    let path = request.uri().path().to_owned();
-    let query = request.uri().query().unwrap_or_default().to_owned();
-    let bytes = request.into_body().collect_bytes().await?;
+    let method = parts.method.to_string();
+    let path = parts.uri.path().to_owned();
+    let query = parts.uri.query().unwrap_or_default().to_owned();
     let body = if bytes.is_empty() {
         Value::Null
     } else {
-        serde_json::from_slice(&bytes)?
+        serde_json::from_slice(bytes)?
     };
     Ok(Call {
         method,

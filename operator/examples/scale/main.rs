@@ -13,6 +13,10 @@
 //! serializing requests and parsing answers. The database is an in-memory provisioner (the
 //! real one is measured by nothing here: its cost is PostgreSQL's).
 
+/// The operator binary's allocator, configured as it is (`.cargo/config.toml`).
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 mod api;
 mod measure;
 mod memory;
@@ -97,8 +101,13 @@ fn context<S: api::Server>(server: S) -> anyhow::Result<(Arc<Context>, api::Shar
         counts: api::Counts::default(),
     }));
     api::spawn(handle, shared.clone())?;
-    let client = Client::new(service, "default");
-    let ctx = Context::new(
+    let ctx = context_with_client(Client::new(service, "default"))?;
+    Ok((ctx, shared))
+}
+
+/// A controller context with the operator's default settings talking through `client`.
+fn context_with_client(client: Client) -> anyhow::Result<Arc<Context>> {
+    Ok(Arc::new(Context::new(
         client,
         settings()?,
         Arc::new(MemoryProvisioner),
@@ -107,8 +116,7 @@ fn context<S: api::Server>(server: S) -> anyhow::Result<(Arc<Context>, api::Shar
             controller: "agentry-operator".to_owned(),
             instance: None,
         },
-    );
-    Ok((Arc::new(ctx), shared))
+    )))
 }
 
 fn main() -> anyhow::Result<()> {
@@ -130,9 +138,14 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Some((mode, rest)) if mode == "memory" => {
+            let n = counts(rest)?.first().copied().unwrap_or(10_000);
+            memory::run(n)
+        }
+        // The API server of the memory run, started by it as a process of its own.
+        Some((mode, rest)) if mode == memory::SERVE_API => {
             let template = world::Template::load()?;
             let n = counts(rest)?.first().copied().unwrap_or(10_000);
-            memory::run(&template, n)
+            memory::serve_api(&template, n)
         }
         _ => bail!("usage: scale reconcile <tenants>... | scale memory <tenants>"),
     }

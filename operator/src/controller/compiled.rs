@@ -20,7 +20,7 @@ use std::collections::HashMap;
 use std::hash::{DefaultHasher, Hash as _, Hasher as _};
 use std::sync::{Mutex, PoisonError};
 
-use agentry_crds::bundle::{Compilation, Diagnostic, compile, sha256_hex};
+use agentry_crds::bundle::{Compilation, Diagnostic, compile, sha256};
 use agentry_crds::{RuntimeBundle, Tenant};
 use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -48,7 +48,8 @@ pub struct Memo {
 #[derive(Debug, Clone)]
 struct Entry {
     inputs: u64,
-    digest: String,
+    /// SHA-256 of the published JSON, as bytes (a hex string would be one more allocation).
+    digest: [u8; 32],
     diagnostics: Vec<Diagnostic>,
 }
 
@@ -129,7 +130,7 @@ pub async fn bundle(
             &name,
             Entry {
                 inputs,
-                digest: sha256_hex(json.as_bytes()),
+                digest: sha256(json.as_bytes()),
                 diagnostics: compilation.diagnostics.clone(),
             },
         );
@@ -148,7 +149,7 @@ async fn read_back(client: &Client, namespace: &str, entry: Entry) -> Option<Pub
         }
     };
     let json = config_map.data?.remove(BUNDLE_KEY)?;
-    if sha256_hex(json.as_bytes()) != entry.digest {
+    if sha256(json.as_bytes()) != entry.digest {
         return None;
     }
     let bundle: RuntimeBundle = serde_json::from_str(&json).ok()?;

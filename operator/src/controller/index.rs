@@ -9,7 +9,7 @@
 //! A Tenant is recorded before its reconcile reads anything, so a change that the index
 //! misses (it came before the Tenant's first reconcile) is one that reconcile still sees.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use agentry_crds::Tenant;
@@ -38,7 +38,9 @@ struct Inner {
 #[derive(Debug, PartialEq)]
 struct Recorded {
     namespace: String,
-    secrets: BTreeSet<String>,
+    /// Sorted, without duplicates; a vector because a one-element set still allocates a
+    /// whole B-tree node (about 270 bytes).
+    secrets: Vec<String>,
 }
 
 fn insert(map: &mut HashMap<String, Vec<String>>, key: &str, tenant: &str) {
@@ -82,7 +84,7 @@ impl TenantIndex {
         let name = tenant.name_any();
         let now = Recorded {
             namespace: tenant.namespace_name(),
-            secrets: provider_secret_names(tenant),
+            secrets: provider_secret_names(tenant).into_iter().collect(),
         };
         // The usual case, a Tenant that has not changed, takes only the read lock.
         if self.read().by_tenant.get(&name) == Some(&now) {

@@ -1,7 +1,7 @@
 //! The controller's watches and how each change finds its Tenant.
 //!
 //! Owned objects are watched by label (`app.kubernetes.io/managed-by=agentry-operator`) and
-//! mapped through their owner reference. Agents, Tools, Workflows, FeatureFlags and Secrets
+//! mapped through their owner reference to the Tenant's name ([`owning_tenants`]). Agents, Tools, Workflows, FeatureFlags and Secrets
 //! (those Tools read header values from) are mapped to the Tenant whose namespace they live
 //! in, and provider key Secrets in the operator's namespace to every Tenant that names them,
 //! both through the [`TenantIndex`] each reconcile records its Tenant in. Everything is
@@ -62,20 +62,37 @@ pub const LIST_PAGE_SIZE: u32 = 50;
 /// What the controller caches of a Tenant: its metadata.
 pub type CachedTenant = PartialObjectMeta<Tenant>;
 
-/// Reduces a watched object's metadata to what identifies it (name, namespace, uid,
-/// resourceVersion) before it enters the cache. Reconcile reads the Tenant itself and the
-/// controller looks Tenants up by name, so nothing else is read from the cache; managed
-/// fields, `kubectl`'s last-applied annotation, GitOps tools' labels and annotations and the
-/// finalizer would otherwise be most of each cached Tenant.
+/// Reduces a watched object's metadata to what names it (name and namespace) before it
+/// enters the cache. Reconcile reads the Tenant itself (uid, resourceVersion, finalizers and
+/// spec included) and the controller looks Tenants up by name, so nothing else is read from
+/// the cache; managed fields, `kubectl`'s last-applied annotation, GitOps tools' labels and
+/// annotations and the finalizer would otherwise be most of each cached Tenant. The uid and
+/// resourceVersion are dropped too: every key the reflector and the scheduler make of a
+/// cached Tenant copies them (kube-runtime ignores them when comparing keys), four
+/// allocations per Tenant for nothing.
 pub fn identity_only<K: Resource>(object: &mut K) {
     let meta = object.meta_mut();
     *meta = ObjectMeta {
         name: meta.name.take(),
         namespace: meta.namespace.take(),
-        uid: meta.uid.take(),
-        resource_version: meta.resource_version.take(),
         ..ObjectMeta::default()
     };
+}
+
+/// The Tenants that own `object`, keyed as the controller keys Tenants: by name, with no
+/// namespace (a Tenant is cluster-scoped). kube-runtime's `owns` keys an owner with its
+/// child's namespace, which the scheduler takes for another object: every Tenant got a
+/// second scheduler entry, and a second reconcile at start-up and at every resync.
+pub fn owning_tenants<K: Resource>(object: K) -> Vec<ObjectRef<CachedTenant>> {
+    let api_version = Tenant::api_version(&());
+    object
+        .meta()
+        .owner_references
+        .iter()
+        .flatten()
+        .filter(|owner| owner.kind == Tenant::kind(&()) && owner.api_version == api_version)
+        .map(|owner| ObjectRef::new(&owner.name))
+        .collect()
 }
 
 /// The Tenants whose namespace is `namespace`, as the controller's cache names them.
@@ -107,13 +124,14 @@ pub async fn run(
     let managed = || listed().labels(MANAGED_SELECTOR);
     macro_rules! owned {
         ($controller:expr, $kind:ty) => {
-            $controller.owns_stream(
+            $controller.watches_stream(
                 watcher(
                     Api::<PartialObjectMeta<$kind>>::all(client.clone()),
                     managed(),
                 )
                 .default_backoff()
                 .touched_objects(),
+                owning_tenants,
             )
         };
     }
@@ -189,6 +207,7 @@ pub async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
     use kube::core::PartialObjectMetaExt as _;
 
     #[test]
@@ -216,11 +235,42 @@ mod tests {
             t.metadata,
             ObjectMeta {
                 name: Some("acme".to_owned()),
-                uid: Some("3f1c".to_owned()),
-                resource_version: Some("42".to_owned()),
                 ..ObjectMeta::default()
             }
         );
+    }
+
+    #[test]
+    fn owned_objects_map_to_the_key_of_their_cluster_scoped_tenant() {
+        let tenant = Tenant::new("acme", Default::default());
+        let owner = |kind: &str, api_version: &str| OwnerReference {
+            kind: kind.to_owned(),
+            api_version: api_version.to_owned(),
+            name: "acme".to_owned(),
+            uid: "3f1c".to_owned(),
+            controller: Some(true),
+            ..OwnerReference::default()
+        };
+        let child = ObjectMeta {
+            name: Some("runtime".to_owned()),
+            namespace: Some("tenant-acme".to_owned()),
+            owner_references: Some(vec![
+                owner("Tenant", "agentry.dev/v1alpha1"),
+                owner("Tenant", "example.com/v1"),
+                owner("ReplicaSet", "apps/v1"),
+            ]),
+            ..ObjectMeta::default()
+        }
+        .into_response_partial::<Deployment>();
+        let keys = owning_tenants(child);
+        // Equal as scheduler keys (name and namespace) to the Tenant's own.
+        assert_eq!(
+            keys,
+            [ObjectRef::<CachedTenant>::from_obj(
+                &tenant.metadata.clone().into_response_partial::<Tenant>()
+            )]
+        );
+        assert_eq!(keys[0].namespace, None);
     }
 
     #[test]
