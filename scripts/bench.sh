@@ -254,6 +254,11 @@ try:
     print(f"{'':<22}{'p50 ms':>9}{'p90 ms':>9}{'p99 ms':>9}{'max ms':>9}")
     for name, r in (("admitted", l), ("shed (503/429)", s)):
         print(f"{name:<22}{r.get('p50', 0):>9.3f}{r.get('p90', 0):>9.3f}{r.get('p99', 0):>9.3f}{r.get('max', 0):>9.3f}")
+    for name in ("server", "client"):
+        if name in o:
+            busy = o[name]["cpu_ms"] / 1000 / o["seconds"]
+            print(f"{name}: {o[name]['cpu_us_per_request']:.1f} CPU us per answer, {busy:.0%} busy, "
+                  f"waited {o[name]['runqueue_wait_ms']:.0f} ms for a CPU")
 except FileNotFoundError:
     pass
 EOF

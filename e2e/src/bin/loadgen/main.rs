@@ -120,14 +120,18 @@ async fn main() -> anyhow::Result<()> {
     if let Some(rate) = args.rate {
         run(&target, 4, args.warmup).await?;
         let before = args.pid.map(server_cpu::sample).transpose()?;
+        // The generator's own CPU: an open loop this fast can saturate the load's core, and
+        // then a late send, not the server, is what the latency figures carry.
+        let client_before = server_cpu::sample(std::process::id())?;
         let mut report = open_loop::run(&target, rate, args.duration_secs, args.max_open).await?;
         report["label"] = json!(args.label);
+        let answered = report["ok"].as_u64().unwrap_or(0) + report["shed"].as_u64().unwrap_or(0);
         if let (Some(before), Some(after)) = (before, args.pid.map(server_cpu::sample).transpose()?)
         {
-            let answered =
-                report["ok"].as_u64().unwrap_or(0) + report["shed"].as_u64().unwrap_or(0);
             report["server"] = server_cpu::report(before, after, answered as usize);
         }
+        let client_after = server_cpu::sample(std::process::id())?;
+        report["client"] = server_cpu::report(client_before, client_after, answered as usize);
         println!("{report}");
         return Ok(());
     }
