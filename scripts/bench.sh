@@ -180,12 +180,27 @@ rows=$(psql -tAq "$pg/$database" -c "select count(*) from agentry.usage_records"
 echo "{\"answered\": $answered, \"usage_rows\": $rows}" >"$out/usage-check.json"
 
 if [ "$overload_secs" != 0 ]; then
-  # The shedding cap for this run: past it a request is answered 503 before any work.
-  start_runtime "$work/runtime-overload.log" "$overload_max_in_flight"
   # 1.5x the best closed-loop throughput through the runtime, as a fixed arrival rate.
   capacity=$(python3 -c 'import json,sys; print(max(json.load(open(f)).get("rps", 0) for f in sys.argv[1:]))' \
     $(for c in $concurrencies; do echo "$out/runtime-c$c.json"; done))
   rate=$(python3 -c "print(round(1.5 * $capacity))")
+  # The floor: the same open loop against a mock on the runtime's core that refuses every
+  # request at once (a `fail-503` model). What the load generator and the machine take to send
+  # a request and read a refusal at this rate, to subtract from the runtime's refusals.
+  echo "bench: refusal floor, $rate req/s for ${overload_secs}s at a mock answering 503" >&2
+  "${pin_runtime[@]}" "$bin/mock-llm" --listen 127.0.0.1:0 >"$work/refuser.log" 2>&1 &
+  refuser_pid=$!
+  pids+=("$refuser_pid")
+  refuser_url=$(wait_line "$work/refuser.log" "listening on" "$refuser_pid" | sed -E 's/.*listening on (http[^ ]+).*/\1/')
+  # Its warm-up requests are refused too; their messages are expected.
+  "${pin_load[@]}" "$bin/loadgen" --url "$refuser_url" --model refuse-fail-503 --concurrency 1 \
+    --requests "$requests" --label overload-floor --rate "$rate" --duration-secs "$overload_secs" --pid "$refuser_pid" \
+    >"$out/overload-floor.json" 2>>"$work/refuser.log"
+  kill -TERM "$refuser_pid"
+  wait "$refuser_pid" 2>/dev/null || true
+
+  # The shedding cap for this run: past it a request is answered 503 before any work.
+  start_runtime "$work/runtime-overload.log" "$overload_max_in_flight"
   echo "bench: overload, $rate req/s for ${overload_secs}s (1.5x $capacity), max in flight $overload_max_in_flight" >&2
   run overload "$runtime_url" "$key" 1 --rate "$rate" --duration-secs "$overload_secs" --pid "$runtime_pid"
   cp "$work/runtime-overload.log" "$out/runtime-overload.log"
@@ -252,13 +267,26 @@ try:
     print(f"overload: offered {o['offered_rps']:.0f} req/s (sent {o['sent_rps']:.0f}) for {o['seconds']:.1f}s: "
           f"{o['ok']} ok ({o['ok_rps']:.0f} req/s), {o['shed']} shed, {o['errors']} errors, {o['not_sent']} not sent")
     print(f"{'':<22}{'p50 ms':>9}{'p90 ms':>9}{'p99 ms':>9}{'max ms':>9}")
-    for name, r in (("admitted", l), ("shed (503/429)", s)):
+    rows = [("admitted", l), ("shed (503/429)", s)]
+    try:
+        floor = load("overload-floor")["shed_latency_ms"] or {}
+        rows.append(("refusal floor (mock)", floor))
+        rows.append(("  shed minus floor", {k: s.get(k, 0) - floor.get(k, 0) for k in ("p50", "p90", "p99", "max")}))
+    except FileNotFoundError:
+        pass
+    for name, r in rows:
         print(f"{name:<22}{r.get('p50', 0):>9.3f}{r.get('p90', 0):>9.3f}{r.get('p99', 0):>9.3f}{r.get('max', 0):>9.3f}")
-    for name in ("server", "client"):
-        if name in o:
-            busy = o[name]["cpu_ms"] / 1000 / o["seconds"]
-            print(f"{name}: {o[name]['cpu_us_per_request']:.1f} CPU us per answer, {busy:.0%} busy, "
-                  f"waited {o[name]['runqueue_wait_ms']:.0f} ms for a CPU")
+    runs = [("", o)]
+    try:
+        runs.append(("floor ", load("overload-floor")))
+    except FileNotFoundError:
+        pass
+    for label, run in runs:
+        for name in ("server", "client"):
+            if name in run:
+                busy = run[name]["cpu_ms"] / 1000 / run["seconds"]
+                print(f"{label}{name}: {run[name]['cpu_us_per_request']:.1f} CPU us per answer, {busy:.0%} busy, "
+                      f"waited {run[name]['runqueue_wait_ms']:.0f} ms for a CPU")
 except FileNotFoundError:
     pass
 EOF

@@ -48,6 +48,16 @@ impl ApiError {
         }
     }
 
+    /// The JSON body answered for this error.
+    pub(crate) fn body(&self) -> ErrorBody {
+        ErrorBody {
+            error: ErrorDetail {
+                code: self.code.to_owned(),
+                message: self.message.clone(),
+            },
+        }
+    }
+
     /// Names the request field at fault.
     pub fn with_param(mut self, param: &'static str) -> Self {
         self.param = Some(param);
@@ -132,13 +142,7 @@ impl IntoResponse for ApiError {
         // The error rides along so that a surface with another error shape (the
         // OpenAI-compatible `/v1`) can re-render it.
         let error = self.clone();
-        let body = ErrorBody {
-            error: ErrorDetail {
-                code: self.code.to_owned(),
-                message: self.message,
-            },
-        };
-        let mut response = (self.status, Json(body)).into_response();
+        let mut response = (self.status, Json(self.body())).into_response();
         if let Some(secs) = self.retry_after
             && let Ok(value) = HeaderValue::from_str(&secs.to_string())
         {

@@ -376,6 +376,60 @@ async fn a_revoked_key_fails_on_every_replica_within_two_seconds(admin: sqlx::Pg
     h.cleanup().await;
 }
 
+/// A key in use is looked up again in the background before its cached entry expires, so that
+/// its requests never all wait for the lookup at expiry. Seen from outside: a revocation made
+/// behind this replica's back (no `forget_key`) is noticed before the first entry's TTL ends.
+#[sqlx::test(migrator = "agentry_runtime::db::MIGRATOR")]
+async fn a_key_in_use_is_refreshed_before_its_cache_entry_expires(admin: sqlx::PgPool) {
+    use agentry_runtime::gateway::auth::{KEY_CACHE_TTL, KEY_REFRESH_AFTER};
+    let mut h = Harness::new(admin).await;
+    let db = h.tenant_db("acme").await;
+    let (app, _) = h.app(db, &["acme"], false);
+    let (key_id, key) = h.insert_key("acme", &["admin"]).await;
+    let auth = bearer(&key);
+
+    // The entry's lookup starts after this instant, so it expires after `first + TTL`.
+    let first = Instant::now();
+    let ok = call(&app, Method::GET, BUNDLE, &[("authorization", &auth)], None).await;
+    assert_eq!(ok.status, StatusCode::OK, "{}", ok.body);
+    sqlx::query("update agentry.api_keys set revoked_at = now() where id = $1")
+        .bind(key_id)
+        .execute(&h.admin)
+        .await
+        .unwrap();
+
+    // Still within the TTL: answered from the cache, and the refresh starts.
+    tokio::time::sleep_until((first + KEY_REFRESH_AFTER + Duration::from_millis(50)).into()).await;
+    let cached = call(&app, Method::GET, BUNDLE, &[("authorization", &auth)], None).await;
+    assert_eq!(cached.status, StatusCode::OK, "{}", cached.body);
+    assert!(
+        first.elapsed() < KEY_CACHE_TTL,
+        "the test itself was too slow"
+    );
+
+    // The refreshed entry says revoked before the first one would have expired.
+    loop {
+        let answer = call(&app, Method::GET, BUNDLE, &[("authorization", &auth)], None).await;
+        let elapsed = first.elapsed();
+        if answer.status == StatusCode::UNAUTHORIZED {
+            let message = answer.error(StatusCode::UNAUTHORIZED, "unauthorized");
+            assert!(message.contains("revoked"), "{message}");
+            assert!(
+                elapsed < KEY_CACHE_TTL,
+                "refused only at expiry ({elapsed:?}): the entry was not refreshed"
+            );
+            break;
+        }
+        assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
+        assert!(
+            elapsed < KEY_CACHE_TTL,
+            "still accepted after {elapsed:?}: the entry was not refreshed"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    h.cleanup().await;
+}
+
 #[sqlx::test(migrator = "agentry_runtime::db::MIGRATOR")]
 async fn jwts_are_verified_and_every_forgery_refused(admin: sqlx::PgPool) {
     let mut h = Harness::new(admin).await;

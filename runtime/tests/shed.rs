@@ -63,7 +63,9 @@ async fn requests_past_the_in_flight_cap_are_shed_at_once(admin: PgPool) {
         .await
         .unwrap();
     let body: Value = serde_json::from_slice(&body).unwrap();
+    // Under `/v1` in OpenAI's shape, so that OpenAI clients raise their usual error.
     assert_eq!(body["error"]["code"], "overloaded", "{body}");
+    assert_eq!(body["error"]["type"], "server_error", "{body}");
     assert!(
         body["error"]["message"]
             .as_str()
@@ -72,14 +74,21 @@ async fn requests_past_the_in_flight_cap_are_shed_at_once(admin: PgPool) {
         "{body}"
     );
 
-    // Shedding comes before authentication: a request without credentials is shed too.
-    let anonymous = call(&app, Method::GET, "/v1/models", &[], None).await;
+    // Shedding comes before authentication: a request without credentials is shed too, under
+    // `/api` in Agentry's error shape.
+    let anonymous = call(&app, Method::GET, "/api/v1/chat/conversations", &[], None).await;
     anonymous.error(StatusCode::SERVICE_UNAVAILABLE, "overloaded");
     let health = call(&app, Method::GET, "/healthz", &[], None).await;
     assert_eq!(
         health.status,
         StatusCode::OK,
         "health checks are not counted"
+    );
+    let (status, metrics) = text(&app, "/metrics").await;
+    assert_eq!(status, StatusCode::OK, "the metrics are not counted");
+    assert!(
+        metrics.contains(r#"agentry_limit_rejections_total{tenant="-",limit="overload"} 2"#),
+        "both refusals are counted: {metrics}"
     );
 
     // The body ends (empty: not JSON), the held request is answered, its slot frees.
@@ -95,4 +104,15 @@ async fn requests_past_the_in_flight_cap_are_shed_at_once(admin: PgPool) {
     )
     .await;
     assert_eq!(models.status, StatusCode::OK, "{}", models.body);
+}
+
+/// GET `path`: status and body as text.
+async fn text(app: &axum::Router, path: &str) -> (StatusCode, String) {
+    let request = Request::get(path).body(Body::empty()).unwrap();
+    let response = app.clone().oneshot(request).await.unwrap();
+    let status = response.status();
+    let body = axum::body::to_bytes(response.into_body(), 1 << 20)
+        .await
+        .unwrap();
+    (status, String::from_utf8_lossy(&body).into_owned())
 }

@@ -7,9 +7,12 @@
 //! its own tenant's keys), and the secret is compared with the stored SHA-256 in constant
 //! time. Lookups, found or not, are cached per replica for [`KEY_CACHE_TTL`]: the hot path
 //! rarely touches the database, and a revocation reaches every replica within that TTL (plus
-//! one lookup's duration). See docs/auth.md.
+//! one lookup's duration). A key in use is looked up again in the background once its entry is
+//! [`KEY_REFRESH_AFTER`] old, so that its requests keep being answered from the cache instead
+//! of all waiting for one query when the entry expires. See docs/auth.md.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use axum::http::HeaderMap;
@@ -33,6 +36,8 @@ pub const TENANT_HEADER: &str = "x-agentry-tenant";
 
 /// How long a key lookup is reused; bounds how long a revoked key keeps working.
 pub const KEY_CACHE_TTL: Duration = Duration::from_secs(1);
+/// Age at which the entry of a key in use is refreshed in the background (found keys only).
+pub const KEY_REFRESH_AFTER: Duration = Duration::from_millis(500);
 /// Most cached lookups; past it, expired entries are swept and new ones go uncached.
 const KEY_CACHE_MAX: usize = 10_000;
 /// Most key lookups in flight at once, so that a flood of unknown keys cannot take every
@@ -60,24 +65,40 @@ struct CachedLookup {
     /// When the lookup was started: a revocation committed later is seen by the next one.
     started: Instant,
     cell: Arc<OnceCell<Option<KeyRow>>>,
+    /// Set by the request that starts this entry's background refresh: one per entry.
+    refreshing: Arc<AtomicBool>,
 }
 
 impl CachedLookup {
     fn new(started: Instant) -> Self {
+        Self::with_cell(started, OnceCell::new())
+    }
+
+    fn with_cell(started: Instant, cell: OnceCell<Option<KeyRow>>) -> Self {
         Self {
             started,
-            cell: Arc::new(OnceCell::new()),
+            cell: Arc::new(cell),
+            refreshing: Arc::new(AtomicBool::new(false)),
         }
     }
+
+    /// Whether a request using this entry should start its refresh (and is the one to).
+    fn claim_refresh(&self, now: Instant) -> bool {
+        now.duration_since(self.started) >= KEY_REFRESH_AFTER
+            && matches!(self.cell.get(), Some(Some(_)))
+            && !self.refreshing.swap(true, Ordering::AcqRel)
+    }
 }
+
+type KeyCache = DashMap<String, CachedLookup>;
 
 /// Authenticates requests for the tenants this process serves.
 #[derive(Debug)]
 pub struct Authenticator {
     db: Db,
     http: reqwest::Client,
-    keys: DashMap<String, CachedLookup>,
-    lookups: Semaphore,
+    keys: Arc<KeyCache>,
+    lookups: Arc<Semaphore>,
     touched: DashMap<Uuid, Instant>,
     jwks: JwksCache,
 }
@@ -94,8 +115,8 @@ impl Authenticator {
         Self {
             db,
             http,
-            keys: DashMap::new(),
-            lookups: Semaphore::new(MAX_CONCURRENT_LOOKUPS),
+            keys: Arc::new(DashMap::new()),
+            lookups: Arc::new(Semaphore::new(MAX_CONCURRENT_LOOKUPS)),
             touched: DashMap::new(),
             jwks: JwksCache::new(),
         }
@@ -171,6 +192,11 @@ impl Authenticator {
             Some(hit) if now.duration_since(hit.started) < KEY_CACHE_TTL => Some(hit.clone()),
             _ => None,
         };
+        if let Some(hit) = &cached
+            && hit.claim_refresh(now)
+        {
+            self.refresh(key_id, hit);
+        }
         let lookup = match cached {
             Some(hit) => hit,
             None => {
@@ -202,16 +228,37 @@ impl Authenticator {
 
     async fn query(&self, key_id: &str) -> Result<Option<KeyRow>, ApiError> {
         let _permit = self.lookups.acquire().await.map_err(ApiError::internal)?;
-        sqlx::query_as::<_, KeyRow>(
-            "select tenant_id, id, secret_hash, scopes, revoked from agentry.lookup_api_key($1)",
-        )
-        .bind(key_id)
-        .fetch_optional(self.db.pool())
-        .await
-        .map_err(|e| {
-            tracing::error!(error = %e, "API key lookup failed");
-            ApiError::unavailable("cannot check credentials right now; retry shortly")
-        })
+        query_key(&self.db, key_id).await
+    }
+
+    /// Looks `key_id` up again in the background and replaces `stale` with the answer, unless
+    /// the entry was replaced or forgotten (a revocation here) meanwhile. With every lookup
+    /// slot taken it does nothing: the entry then expires and is looked up on the request path.
+    fn refresh(&self, key_id: &str, stale: &CachedLookup) {
+        let Ok(permit) = self.lookups.clone().try_acquire_owned() else {
+            return;
+        };
+        let (db, keys, key_id, stale) = (
+            self.db.clone(),
+            self.keys.clone(),
+            key_id.to_owned(),
+            stale.cell.clone(),
+        );
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let Ok(row) = query_key(&db, &key_id).await else {
+                return;
+            };
+            drop(permit);
+            if let Entry::Occupied(mut entry) = keys.entry(key_id)
+                && Arc::ptr_eq(&entry.get().cell, &stale)
+            {
+                entry.insert(CachedLookup::with_cell(
+                    started,
+                    OnceCell::new_with(Some(row)),
+                ));
+            }
+        });
     }
 
     /// Records that key `id` was used, at most once per [`TOUCH_INTERVAL`], off the request
@@ -287,6 +334,20 @@ impl Authenticator {
             scopes: verified.scopes,
         })
     }
+}
+
+/// The row of `key_id` from `agentry.lookup_api_key` (`None`: no such key for this role).
+async fn query_key(db: &Db, key_id: &str) -> Result<Option<KeyRow>, ApiError> {
+    sqlx::query_as::<_, KeyRow>(
+        "select tenant_id, id, secret_hash, scopes, revoked from agentry.lookup_api_key($1)",
+    )
+    .bind(key_id)
+    .fetch_optional(db.pool())
+    .await
+    .map_err(|e| {
+        tracing::error!(error = %e, "API key lookup failed");
+        ApiError::unavailable("cannot check credentials right now; retry shortly")
+    })
 }
 
 /// The one credential of a request.

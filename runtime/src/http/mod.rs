@@ -62,20 +62,9 @@ impl Default for HttpConfig {
 )]
 struct ApiDoc;
 
-/// The authenticated API (`/api/v1/...`), with its OpenAPI description.
+/// The authenticated API (`/api/v1/...` and the OpenAI-compatible `/v1/...`), with its
+/// OpenAPI description.
 pub fn api_router(state: &AppState, config: HttpConfig) -> OpenApiRouter<AppState> {
-    let router = authenticated_routes(state, config);
-    if config.max_in_flight == 0 {
-        return router;
-    }
-    // Outermost: a shed request costs neither authentication nor a timer.
-    router.layer(axum::middleware::from_fn_with_state(
-        (shed::Admission::new(config.max_in_flight), state.clone()),
-        shed::admit,
-    ))
-}
-
-fn authenticated_routes(state: &AppState, config: HttpConfig) -> OpenApiRouter<AppState> {
     let timeout = ServiceBuilder::new()
         .layer(HandleErrorLayer::new(|_: tower::BoxError| async {
             ApiError::new(
@@ -120,7 +109,7 @@ async fn no_route(uri: axum::http::Uri) -> axum::response::Response {
 pub fn app(state: AppState, config: HttpConfig) -> Router {
     let (api, openapi) = api_router(&state, config).split_for_parts();
     let openapi = std::sync::Arc::new(openapi);
-    Router::new()
+    let app = Router::new()
         .merge(health::router())
         .merge(docs::router(openapi))
         .merge(api)
@@ -136,6 +125,13 @@ pub fn app(state: AppState, config: HttpConfig) -> Router {
             ApiError::internal("handler panicked").into_response()
         }))
         .layer(PropagateRequestIdLayer::new(REQUEST_ID))
-        .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
+        .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid));
+    if config.max_in_flight == 0 {
+        return app.with_state(state);
+    }
+    // Outermost: a shed request costs no request id, span, metric lookup, route match,
+    // authentication or timer (see `shed`).
+    let admission = shed::Admission::new(config.max_in_flight, &state);
+    app.layer(axum::middleware::from_fn_with_state(admission, shed::admit))
         .with_state(state)
 }
