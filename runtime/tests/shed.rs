@@ -2,6 +2,11 @@
 //! `overloaded` with `Retry-After` at once; health checks are not counted; a freed slot admits
 //! the next request.
 
+#![expect(
+    clippy::unwrap_used,
+    reason = "test helpers outside #[test] functions fail the test on a broken fixture"
+)]
+
 mod auth_support;
 
 use std::time::{Duration, Instant};
