@@ -7,6 +7,8 @@
 # PostgreSQL and NATS are left where they run unless BENCH_PIN_SERVICES=1 moves them to CPU 1
 # for the run (it puts their CPU affinity back on exit; on a quiet 2-vCPU machine it changed
 # nothing measurable, see docs/benchmarks.md). Prints a table; raw JSON goes to target/bench/.
+# Before each run through the runtime it waits until the previous run's usage rows are written
+# and their events relayed, so that runs do not measure each other's background work.
 # Loopback only; every run is a bounded request count, so the whole script ends by itself.
 #
 # It also measures the server's resident memory per idle `/ws/chat` socket (first, on the fresh
@@ -143,6 +145,23 @@ start_runtime() {
 start_runtime "$work/runtime.log" "$max_in_flight"
 key=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["bench"]["key"])' "$work/state/keys.json")
 
+# Waits (up to 30 s) until the runtime is done with the previous run's background work: every
+# usage row written and every event relayed (the outbox empty), with the row count unchanged for
+# 0.3 s. Otherwise a run measures the previous one's thousands of batched writes and publishes
+# competing for its core, not its own requests.
+settle() {
+  local last="" now
+  for _ in $(seq 1 100); do
+    now=$(psql -tAq "$pg/$database" -c \
+      "select (select count(*) from agentry.usage_records) || '/' || (select count(*) from agentry.event_outbox)" \
+      2>/dev/null || echo "?")
+    if [ "$now" = "$last" ] && [ "${now#*/}" = 0 ]; then return 0; fi
+    last=$now
+    sleep 0.3
+  done
+  echo "bench: background work not settled after 30 s ($now rows/outbox)" >&2
+}
+
 # One loadgen run: label, url, key ("" for none), concurrency, extra args.
 run() {
   local label=$1 url=$2 k=$3 c=$4
@@ -161,11 +180,13 @@ fi
 for c in $concurrencies; do
   echo "bench: concurrency $c" >&2
   run "direct-c$c" "$mock_url" "$upstream_key" "$c"
+  settle
   run "runtime-c$c" "$runtime_url" "$key" "$c" --pid "$runtime_pid"
 done
 if [ "$stream" = 1 ]; then
   echo "bench: streaming, concurrency 1" >&2
   run "direct-stream-c1" "$mock_url" "$upstream_key" 1 --stream
+  settle
   run "runtime-stream-c1" "$runtime_url" "$key" 1 --stream --pid "$runtime_pid"
 fi
 
