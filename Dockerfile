@@ -7,7 +7,7 @@
 # Build: the workspace's toolchain (rust-version in Cargo.toml), on the same Debian release as
 # the runtime image so that glibc matches.
 FROM rust:1.94-slim-bookworm AS builder
-# make: the operator's allocator (jemalloc) is built from its C sources.
+# make: the binaries' allocator (jemalloc) is built from its C sources.
 RUN apt-get update && apt-get install -y --no-install-recommends make \
     && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
