@@ -293,27 +293,73 @@ fn refused_for_good(e: &DbError) -> bool {
     }
 }
 
+/// Records whose columns are built between two yields to the scheduler.
+const YIELD_EVERY: usize = 128;
+
+/// The columns of a batch, bound as arrays (one `unnest` insert per table).
+#[derive(Default)]
+struct Columns {
+    ids: Vec<Uuid>,
+    key_ids: Vec<Option<Uuid>>,
+    user_ids: Vec<Option<String>>,
+    models: Vec<String>,
+    tokens_in: Vec<i32>,
+    tokens_out: Vec<i32>,
+    costs: Vec<i64>,
+    ats: Vec<DateTime<Utc>>,
+    event_ids: Vec<Uuid>,
+    subjects: Vec<String>,
+    actors: Vec<String>,
+    data: Vec<Value>,
+    traceparents: Vec<Option<String>>,
+}
+
+impl Columns {
+    /// Built a few records at a time: a batch of 1,024 takes about a millisecond of CPU, and
+    /// the requests queued on this worker are let in meanwhile instead of waiting for all of it.
+    async fn of(records: &[UsageRow]) -> Self {
+        let mut c = Self::default();
+        for (i, r) in records.iter().enumerate() {
+            if i > 0 && i % YIELD_EVERY == 0 {
+                tokio::task::yield_now().await;
+            }
+            c.ids.push(r.id);
+            c.key_ids.push(r.key_id);
+            c.user_ids.push(r.user_id.clone());
+            c.models.push(r.model.clone());
+            c.tokens_in
+                .push(i32::try_from(r.tokens_in).unwrap_or(i32::MAX));
+            c.tokens_out
+                .push(i32::try_from(r.tokens_out).unwrap_or(i32::MAX));
+            c.costs.push(r.cost_micros);
+            c.ats.push(r.at);
+            c.event_ids.push(Uuid::now_v7());
+            c.subjects.push(r.id.to_string());
+            c.actors.push(r.actor.clone());
+            c.data.push(r.event_data());
+            c.traceparents.push(r.traceparent.clone());
+        }
+        c
+    }
+}
+
 /// One tenant's records, their `usage.recorded` events and outbox entries, in one transaction.
 async fn write(db: &Db, tenant: TenantId, records: &[UsageRow]) -> Result<(), DbError> {
-    let ids: Vec<Uuid> = records.iter().map(|r| r.id).collect();
-    let key_ids: Vec<Option<Uuid>> = records.iter().map(|r| r.key_id).collect();
-    let user_ids: Vec<Option<String>> = records.iter().map(|r| r.user_id.clone()).collect();
-    let models: Vec<String> = records.iter().map(|r| r.model.clone()).collect();
-    let tokens_in: Vec<i32> = records
-        .iter()
-        .map(|r| i32::try_from(r.tokens_in).unwrap_or(i32::MAX))
-        .collect();
-    let tokens_out: Vec<i32> = records
-        .iter()
-        .map(|r| i32::try_from(r.tokens_out).unwrap_or(i32::MAX))
-        .collect();
-    let costs: Vec<i64> = records.iter().map(|r| r.cost_micros).collect();
-    let ats: Vec<DateTime<Utc>> = records.iter().map(|r| r.at).collect();
-    let event_ids: Vec<Uuid> = records.iter().map(|_| Uuid::now_v7()).collect();
-    let subjects: Vec<String> = records.iter().map(|r| r.id.to_string()).collect();
-    let actors: Vec<String> = records.iter().map(|r| r.actor.clone()).collect();
-    let data: Vec<Value> = records.iter().map(UsageRow::event_data).collect();
-    let traceparents: Vec<Option<String>> = records.iter().map(|r| r.traceparent.clone()).collect();
+    let Columns {
+        ids,
+        key_ids,
+        user_ids,
+        models,
+        tokens_in,
+        tokens_out,
+        costs,
+        ats,
+        event_ids,
+        subjects,
+        actors,
+        data,
+        traceparents,
+    } = Columns::of(records).await;
 
     let mut tx = db.begin(tenant).await?;
     sqlx::query(

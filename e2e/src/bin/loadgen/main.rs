@@ -12,6 +12,7 @@
 //! Each prints one JSON object with exact percentiles (every sample is kept: a run is bounded,
 //! so memory is too).
 
+mod bare_http;
 mod open_loop;
 mod server_cpu;
 mod ws_idle;
@@ -123,8 +124,14 @@ async fn main() -> anyhow::Result<()> {
         // The generator's own CPU: an open loop this fast can saturate the load's core, and
         // then a late send, not the server, is what the latency figures carry.
         let client_before = server_cpu::sample(std::process::id())?;
-        let mut report = open_loop::run(&target, rate, args.duration_secs, args.max_open).await?;
+        let bare = Arc::new(bare_http::BareClient::new(
+            &target.endpoint,
+            args.key.as_deref(),
+            target.body.clone(),
+        )?);
+        let mut report = open_loop::run(&bare, rate, args.duration_secs, args.max_open).await?;
         report["label"] = json!(args.label);
+        report["url"] = json!(target.endpoint);
         let answered = report["ok"].as_u64().unwrap_or(0) + report["shed"].as_u64().unwrap_or(0);
         if let (Some(before), Some(after)) = (before, args.pid.map(server_cpu::sample).transpose()?)
         {
