@@ -145,6 +145,14 @@ start_runtime() {
 start_runtime "$work/runtime.log" "$max_in_flight"
 key=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["bench"]["key"])' "$work/state/keys.json")
 
+# Drops a stopped process from `pids`, so that `cleanup` does not signal its number again
+# (which may belong to another process by then).
+forget_pid() {
+  local kept=() pid
+  for pid in "${pids[@]}"; do [ "$pid" = "$1" ] || kept+=("$pid"); done
+  pids=("${kept[@]}")
+}
+
 # Waits (up to 30 s) until the runtime is done with the previous run's background work: every
 # usage row written and every event relayed (the outbox empty), with the row count unchanged for
 # 0.3 s. Otherwise a run measures the previous one's thousands of batched writes and publishes
@@ -179,14 +187,16 @@ fi
 
 for c in $concurrencies; do
   echo "bench: concurrency $c" >&2
-  run "direct-c$c" "$mock_url" "$upstream_key" "$c"
+  # Before the pair: the direct run (the baseline) must not absorb the previous run's work
+  # either, and it leaves none of its own.
   settle
+  run "direct-c$c" "$mock_url" "$upstream_key" "$c"
   run "runtime-c$c" "$runtime_url" "$key" "$c" --pid "$runtime_pid"
 done
 if [ "$stream" = 1 ]; then
   echo "bench: streaming, concurrency 1" >&2
-  run "direct-stream-c1" "$mock_url" "$upstream_key" 1 --stream
   settle
+  run "direct-stream-c1" "$mock_url" "$upstream_key" 1 --stream
   run "runtime-stream-c1" "$runtime_url" "$key" 1 --stream --pid "$runtime_pid"
 fi
 
@@ -194,6 +204,7 @@ fi
 # must have left exactly one usage row.
 kill -TERM "$runtime_pid"
 wait "$runtime_pid" || true
+forget_pid "$runtime_pid"
 cp "$work/runtime.log" "$out/runtime.log"
 answered=$(python3 -c 'import json,sys; print(sum(json.load(open(f))["ok"] + json.load(open(f)).get("warmup_ok", 0) for f in sys.argv[1:]))' \
   "$out"/runtime-*.json)
@@ -219,9 +230,13 @@ if [ "$overload_secs" != 0 ]; then
     >"$out/overload-floor.json" 2>>"$work/refuser.log"
   kill -TERM "$refuser_pid"
   wait "$refuser_pid" 2>/dev/null || true
+  forget_pid "$refuser_pid"
 
   # The shedding cap for this run: past it a request is answered 503 before any work.
   start_runtime "$work/runtime-overload.log" "$overload_max_in_flight"
+  # The stopped runtime's last usage batch was written after its relay stopped: this one
+  # relays it first.
+  settle
   echo "bench: overload, $rate req/s for ${overload_secs}s (1.5x $capacity), max in flight $overload_max_in_flight" >&2
   run overload "$runtime_url" "$key" 1 --rate "$rate" --duration-secs "$overload_secs" --pid "$runtime_pid"
   cp "$work/runtime-overload.log" "$out/runtime-overload.log"

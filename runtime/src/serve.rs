@@ -72,11 +72,27 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     runtime.serve(listener, &args.common).await
 }
 
+/// Connections the kernel keeps waiting for `accept` (capped by `net.core.somaxconn`). Past
+/// capacity the one busy worker accepts late, and a client opening connections in a burst
+/// overflowed tokio's default of 1,024: the dropped connection attempts were retried by the
+/// client's kernel a second later, a request taking over a second (docs/benchmarks.md).
+const LISTEN_BACKLOG: u32 = 4096;
+
 /// Binds the listening socket (port 0 picks a free port; the log says which).
 pub async fn bind(common: &CommonArgs) -> anyhow::Result<tokio::net::TcpListener> {
-    let listener = tokio::net::TcpListener::bind(common.listen)
-        .await
-        .with_context(|| format!("listening on {}", common.listen))?;
+    let listen = || -> std::io::Result<tokio::net::TcpListener> {
+        let socket = if common.listen.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        // As `TcpListener::bind` does: a restarted process can bind while old connections of
+        // its predecessor linger in TIME_WAIT.
+        socket.set_reuseaddr(true)?;
+        socket.bind(common.listen)?;
+        socket.listen(LISTEN_BACKLOG)
+    };
+    let listener = listen().with_context(|| format!("listening on {}", common.listen))?;
     tracing::info!(address = %listener.local_addr()?, "serving");
     Ok(listener)
 }

@@ -95,6 +95,12 @@ async fn requests_past_the_in_flight_cap_are_shed_at_once(admin: PgPool) {
         metrics.contains(r#"agentry_limit_rejections_total{tenant="-",limit="overload"} 2"#),
         "both refusals are counted: {metrics}"
     );
+    assert!(
+        metrics.contains(
+            r#"agentry_http_requests_total{tenant="-",route="overloaded",method="-",status="503"} 2"#
+        ),
+        "refusals count in the request totals the error-ratio alerts read: {metrics}"
+    );
 
     // The body ends (empty: not JSON), the held request is answered, its slot frees.
     drop(body_tx);

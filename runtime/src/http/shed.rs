@@ -5,8 +5,8 @@
 //! The check is the outermost layer of the application, before request ids, spans, metrics
 //! and routing: over capacity the one core that answers is saturated, and every microsecond a
 //! refusal costs is taken from the admitted requests and adds to how long the next refusal
-//! waits. So the answer is prepared once (its bodies in both error shapes and the rejection
-//! counter) and a shed request costs a path comparison and a copy of a few headers.
+//! waits. So the answer is prepared once (its bodies in both error shapes and its counters)
+//! and a shed request costs a path comparison, two counter increments and a few headers.
 //! See docs/limits.md.
 
 use std::sync::Arc;
@@ -20,7 +20,7 @@ use prometheus_client::metrics::counter::Counter;
 use tokio::sync::Semaphore;
 
 use crate::error::ApiError;
-use crate::metrics::LimitLabels;
+use crate::metrics::{LimitLabels, RequestLabels};
 use crate::state::AppState;
 
 /// Seconds a shed client is asked to wait.
@@ -36,6 +36,9 @@ pub struct Admission {
     openai: Bytes,
     /// `agentry_limit_rejections_total{tenant="-",limit="overload"}`.
     rejections: Counter,
+    /// `agentry_http_requests_total{tenant="-",route="overloaded",method="-",status="503"}`:
+    /// refusals count in the error ratio that the SLO alerts and dashboards read.
+    refused_requests: Counter,
 }
 
 impl Admission {
@@ -57,11 +60,22 @@ impl Admission {
                 limit: "overload".to_owned(),
             })
             .clone();
+        let refused_requests = state
+            .metrics
+            .http_requests
+            .get_or_create(&RequestLabels {
+                tenant: "-".to_owned(),
+                route: "overloaded".to_owned(),
+                method: "-".to_owned(),
+                status: StatusCode::SERVICE_UNAVAILABLE.as_u16(),
+            })
+            .clone();
         Self {
             permits: Arc::new(Semaphore::new(limit)),
             native: json_bytes(&error.body()),
             openai: json_bytes(&crate::chat::openai::errors::render(&error).1),
             rejections,
+            refused_requests,
         }
     }
 
@@ -95,6 +109,7 @@ pub async fn admit(State(admission): State<Admission>, request: Request, next: N
     }
     let Ok(_slot) = admission.permits.try_acquire() else {
         admission.rejections.inc();
+        admission.refused_requests.inc();
         return admission.refusal(openai);
     };
     next.run(request).await

@@ -55,9 +55,18 @@ impl BareClient {
         })
     }
 
-    /// Sends the request and reads the whole answer: its status.
+    /// Sends the request and reads the whole answer: its status. A request that fails on a
+    /// reused connection (the server may have closed it while it was idle) is sent once more
+    /// on a new one, as reqwest's pool does.
     pub async fn post(&self) -> anyhow::Result<u16> {
-        let mut connection = self.connection().await?;
+        let (connection, reused) = self.connection().await?;
+        match self.post_on(connection).await {
+            Err(_) if reused => self.post_on(self.connect().await?).await,
+            answered => answered,
+        }
+    }
+
+    async fn post_on(&self, mut connection: SendRequest<Full<Bytes>>) -> anyhow::Result<u16> {
         let mut request = Request::post(self.path.as_str())
             .header(HOST, self.host.clone())
             .header(CONTENT_TYPE, HeaderValue::from_static("application/json"));
@@ -72,16 +81,20 @@ impl BareClient {
         Ok(status)
     }
 
-    /// An idle connection that is still open, or a new one.
-    async fn connection(&self) -> anyhow::Result<SendRequest<Full<Bytes>>> {
+    /// An idle connection that is still open (`true`: reused), or a new one.
+    async fn connection(&self) -> anyhow::Result<(SendRequest<Full<Bytes>>, bool)> {
         loop {
             let Some(mut connection) = self.idle.lock().ok().and_then(|mut idle| idle.pop()) else {
                 break;
             };
             if connection.ready().await.is_ok() {
-                return Ok(connection);
+                return Ok((connection, true));
             }
         }
+        Ok((self.connect().await?, false))
+    }
+
+    async fn connect(&self) -> anyhow::Result<SendRequest<Full<Bytes>>> {
         let stream = TcpStream::connect(self.addr).await?;
         stream.set_nodelay(true)?;
         let (sender, driver) = http1::handshake(TokioIo::new(stream)).await?;
