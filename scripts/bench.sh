@@ -5,10 +5,11 @@
 # rate limits, budgets and metering on, at several concurrencies, in the same run. With two or
 # more cores the runtime is pinned to CPU 0 and the mock and the load generator to CPU 1;
 # PostgreSQL and NATS are left where they run unless BENCH_PIN_SERVICES=1 moves them to CPU 1
-# for the run (it puts their CPU affinity back on exit; on a quiet 2-vCPU machine it changed
-# nothing measurable, see docs/benchmarks.md). Prints a table; raw JSON goes to target/bench/.
-# Before each run through the runtime it waits until the previous run's usage rows are written
-# and their events relayed, so that runs do not measure each other's background work.
+# for the run (it puts their CPU affinity back on exit; on a quiet 2-vCPU machine it took the
+# runtime's waits for a CPU down and moved the crowding to the load's core, see
+# docs/benchmarks.md). Prints a table; raw JSON goes to target/bench/.
+# Before each direct/runtime pair and the overload it waits until earlier usage rows are
+# written and their events relayed, so that runs do not measure each other's background work.
 # Loopback only; every run is a bounded request count, so the whole script ends by itself.
 #
 # It also measures the server's resident memory per idle `/ws/chat` socket (first, on the fresh
@@ -303,20 +304,17 @@ try:
     print(f"overload: offered {o['offered_rps']:.0f} req/s (sent {o['sent_rps']:.0f}) for {o['seconds']:.1f}s: "
           f"{o['ok']} ok ({o['ok_rps']:.0f} req/s), {o['shed']} shed, {o['errors']} errors, {o['not_sent']} not sent")
     print(f"{'':<22}{'p50 ms':>9}{'p90 ms':>9}{'p99 ms':>9}{'max ms':>9}")
-    rows = [("admitted", l), ("shed (503/429)", s)]
+    rows, runs = [("admitted", l), ("shed (503/429)", s)], [("", o)]
     try:
-        floor = load("overload-floor")["shed_latency_ms"] or {}
+        f = load("overload-floor")
+        floor = f["shed_latency_ms"] or {}
         rows.append(("refusal floor (mock)", floor))
         rows.append(("  shed minus floor", {k: s.get(k, 0) - floor.get(k, 0) for k in ("p50", "p90", "p99", "max")}))
+        runs.append(("floor ", f))
     except FileNotFoundError:
         pass
     for name, r in rows:
         print(f"{name:<22}{r.get('p50', 0):>9.3f}{r.get('p90', 0):>9.3f}{r.get('p99', 0):>9.3f}{r.get('max', 0):>9.3f}")
-    runs = [("", o)]
-    try:
-        runs.append(("floor ", load("overload-floor")))
-    except FileNotFoundError:
-        pass
     for label, run in runs:
         for name in ("server", "client"):
             if name in run:

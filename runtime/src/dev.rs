@@ -72,7 +72,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         state.metrics.clone(),
         state.shutdown.clone(),
     ));
-    let listener = crate::serve::bind(&args.common).await?;
+    let listener = crate::serve::bind(&args.common)?;
     print_banner(
         listener.local_addr()?,
         &args.state_dir,

@@ -68,7 +68,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     runtime
         .tasks
         .spawn(source.watch(registry, metrics, shutdown));
-    let listener = bind(&args.common).await?;
+    let listener = bind(&args.common)?;
     runtime.serve(listener, &args.common).await
 }
 
@@ -79,7 +79,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
 const LISTEN_BACKLOG: u32 = 4096;
 
 /// Binds the listening socket (port 0 picks a free port; the log says which).
-pub async fn bind(common: &CommonArgs) -> anyhow::Result<tokio::net::TcpListener> {
+pub fn bind(common: &CommonArgs) -> anyhow::Result<tokio::net::TcpListener> {
     let listen = || -> std::io::Result<tokio::net::TcpListener> {
         let socket = if common.listen.is_ipv4() {
             tokio::net::TcpSocket::new_v4()?

@@ -345,21 +345,7 @@ impl Columns {
 
 /// One tenant's records, their `usage.recorded` events and outbox entries, in one transaction.
 async fn write(db: &Db, tenant: TenantId, records: &[UsageRow]) -> Result<(), DbError> {
-    let Columns {
-        ids,
-        key_ids,
-        user_ids,
-        models,
-        tokens_in,
-        tokens_out,
-        costs,
-        ats,
-        event_ids,
-        subjects,
-        actors,
-        data,
-        traceparents,
-    } = Columns::of(records).await;
+    let c = Columns::of(records).await;
 
     let mut tx = db.begin(tenant).await?;
     sqlx::query(
@@ -373,14 +359,14 @@ async fn write(db: &Db, tenant: TenantId, records: &[UsageRow]) -> Result<(), Db
            as u(id, key_id, user_id, model, tokens_in, tokens_out, cost_micros, at)",
     )
     .bind(tenant.0)
-    .bind(&ids)
-    .bind(&key_ids)
-    .bind(&user_ids)
-    .bind(&models)
-    .bind(&tokens_in)
-    .bind(&tokens_out)
-    .bind(&costs)
-    .bind(&ats)
+    .bind(&c.ids)
+    .bind(&c.key_ids)
+    .bind(&c.user_ids)
+    .bind(&c.models)
+    .bind(&c.tokens_in)
+    .bind(&c.tokens_out)
+    .bind(&c.costs)
+    .bind(&c.ats)
     .execute(&mut *tx)
     .await?;
     sqlx::query(
@@ -392,19 +378,19 @@ async fn write(db: &Db, tenant: TenantId, records: &[UsageRow]) -> Result<(), Db
            as e(id, subject, actor, data, traceparent, at)",
     )
     .bind(tenant.0)
-    .bind(&event_ids)
-    .bind(&subjects)
-    .bind(&actors)
-    .bind(&data)
-    .bind(&traceparents)
-    .bind(&ats)
+    .bind(&c.event_ids)
+    .bind(&c.subjects)
+    .bind(&c.actors)
+    .bind(&c.data)
+    .bind(&c.traceparents)
+    .bind(&c.ats)
     .execute(&mut *tx)
     .await?;
     sqlx::query(
         "insert into agentry.event_outbox (tenant_id, event_id) select $1, unnest($2::uuid[])",
     )
     .bind(tenant.0)
-    .bind(&event_ids)
+    .bind(&c.event_ids)
     .execute(&mut *tx)
     .await?;
     sqlx::query("select pg_notify('agentry_outbox', '')")
