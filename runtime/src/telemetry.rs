@@ -3,6 +3,7 @@
 //! HTTP headers and NATS message headers.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use opentelemetry::propagation::TextMapCompositePropagator;
 use opentelemetry::trace::TracerProvider as _;
@@ -13,6 +14,17 @@ use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::util::SubscriberInitExt as _;
 use tracing_subscriber::{EnvFilter, Layer as _};
+
+/// Whether spans are exported (an OTLP endpoint is configured). Without it no span carries an
+/// OpenTelemetry context, so the trace helpers below answer at once instead of building an
+/// empty carrier on every call of the request path.
+static EXPORTING: AtomicBool = AtomicBool::new(false);
+
+/// Whether spans are exported: only then is there a trace context to propagate, and a span
+/// made only to carry one (the relay's per event) worth its cost.
+pub fn exporting() -> bool {
+    EXPORTING.load(Ordering::Relaxed)
+}
 
 /// Keeps the tracer provider alive; flushes spans when dropped.
 #[derive(Debug, Default)]
@@ -64,12 +76,16 @@ pub fn init(service: &'static str, json: bool) -> Telemetry {
         .try_init();
     if let Some(p) = &provider {
         global::set_tracer_provider(p.clone());
+        EXPORTING.store(true, Ordering::Relaxed);
     }
     Telemetry { provider }
 }
 
 /// The W3C `traceparent` of the current span, when tracing is on.
 pub fn current_traceparent() -> Option<String> {
+    if !exporting() {
+        return None;
+    }
     let mut carrier = HashMap::new();
     let cx = tracing::Span::current().context();
     global::get_text_map_propagator(|p| p.inject_context(&cx, &mut carrier));
@@ -78,6 +94,9 @@ pub fn current_traceparent() -> Option<String> {
 
 /// Trace context headers (`traceparent`, `tracestate`) for the current span.
 pub fn trace_headers() -> HashMap<String, String> {
+    if !exporting() {
+        return HashMap::new();
+    }
     let mut carrier = HashMap::new();
     let cx = tracing::Span::current().context();
     global::get_text_map_propagator(|p| p.inject_context(&cx, &mut carrier));
