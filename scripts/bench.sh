@@ -20,6 +20,8 @@
 #
 # Knobs: BENCH_REQUESTS (default 5000 per run), BENCH_CONCURRENCY ("1 16 64"),
 # BENCH_STREAM (1: also measure SSE time to first token), BENCH_WS_SOCKETS (10000; 0 skips),
+# BENCH_AGENT_CONCURRENCY (16: one run with an `agent/<name>` model; 0 skips),
+# BENCH_PG_OPTIONS (query options for the runtime's database URL, e.g. sslmode=disable),
 # BENCH_NICE (-15: the nice value of the benchmark's processes; 0 leaves it),
 # BENCH_PIN_SERVICES (0; 1 moves the running PostgreSQL and NATS to the load's core),
 # BENCH_OVERLOAD_SECS (5; 0 skips), BENCH_MAX_IN_FLIGHT (the runtime's shedding cap for the
@@ -35,6 +37,10 @@ concurrencies="${BENCH_CONCURRENCY:-1 16 64}"
 stream="${BENCH_STREAM:-1}"
 ws_sockets="${BENCH_WS_SOCKETS:-10000}"
 overload_secs="${BENCH_OVERLOAD_SECS:-5}"
+agent_concurrency="${BENCH_AGENT_CONCURRENCY:-16}"
+# Connection options for the runtime's database URL, such as `sslmode=disable` (by default
+# the runtime's `prefer`: TLS when the server offers it, as Debian's PostgreSQL does).
+pg_options="${BENCH_PG_OPTIONS:-}"
 max_in_flight="${BENCH_MAX_IN_FLIGHT:-1024}"
 overload_max_in_flight="${BENCH_OVERLOAD_MAX_IN_FLIGHT:-16}"
 pg="${AGENTRY_E2E_POSTGRES:-postgres://postgres@127.0.0.1:5432}"
@@ -129,7 +135,7 @@ sed "s|@MOCK_BASE_URL@|$mock_url|" e2e/bench/manifests/bench.yaml.tmpl >"$work/m
 
 # Starts the runtime (log file $1, shedding cap $2) and sets runtime_pid, address, runtime_url.
 start_runtime() {
-  AGENTRY_DATABASE_URL="$pg/$database" AGENTRY_DEV_ROLE="$role" AGENTRY_STATE_DIR="$work/state" \
+  AGENTRY_DATABASE_URL="$pg/$database${pg_options:+?$pg_options}" AGENTRY_DEV_ROLE="$role" AGENTRY_STATE_DIR="$work/state" \
     AGENTRY_PROVIDER_MOCK_API_KEY="$upstream_key" RUST_LOG="${BENCH_RUST_LOG:-info}" \
     AGENTRY_MAX_IN_FLIGHT="$2" \
     "${pin_runtime[@]}" "$bin/agentry-runtime" dev --manifests "$work/manifests" \
@@ -201,6 +207,17 @@ if [ "$stream" = 1 ]; then
   run "runtime-stream-c1" "$runtime_url" "$key" 1 --stream --pid "$runtime_pid"
 fi
 
+if [ "$agent_concurrency" != 0 ]; then
+  # An agent through the same endpoint: the agent loop with its conversation, messages, usage
+  # row and events written in the request's transactions (the mock requests no tool, so one
+  # model call per request). Against the catalog-model run at the same concurrency above.
+  echo "bench: agent model, concurrency $agent_concurrency" >&2
+  settle
+  "${pin_load[@]}" "$bin/loadgen" --url "$runtime_url" --key "$key" --model agent/support \
+    --concurrency "$agent_concurrency" --requests "$requests" --label "runtime-agent-c$agent_concurrency" \
+    --pid "$runtime_pid" >"$out/runtime-agent-c$agent_concurrency.json"
+fi
+
 # Graceful stop: the usage writer flushes. Every 200 the runtime answered (warm-ups included)
 # must have left exactly one usage row.
 kill -TERM "$runtime_pid"
@@ -244,7 +261,7 @@ if [ "$overload_secs" != 0 ]; then
 fi
 
 python3 - "$out" $concurrencies <<'EOF'
-import json, sys
+import glob, json, os, sys
 out, cs = sys.argv[1], sys.argv[2:]
 def load(name):
     with open(f"{out}/{name}.json") as f:
@@ -283,6 +300,16 @@ try:
             f"{t['ttft_ms'][p] - d['ttft_ms'][p]:>9.3f}" for p in ("p50", "p90", "p99")))
 except FileNotFoundError:
     pass
+for f in sorted(glob.glob(os.path.join(out, "runtime-agent-c*.json"))):
+    r = json.load(open(f))
+    c = int(f.rsplit("-c", 1)[1].split(".")[0])
+    l, s = r["latency_ms"] or {}, r.get("server") or {}
+    print()
+    print(f"{'agent model':<22}{'conc':>5}{'ok':>7}{'err':>5}{'req/s':>10}{'p50 ms':>9}{'p90 ms':>9}{'p99 ms':>9}{'max ms':>9}")
+    print(f"{'agent/support':<22}{c:>5}{r['ok']:>7}{r['errors']:>5}{r['rps']:>10.0f}"
+          f"{l.get('p50', 0):>9.3f}{l.get('p90', 0):>9.3f}{l.get('p99', 0):>9.3f}{l.get('max', 0):>9.3f}")
+    if s:
+        print(f"runtime: {s['cpu_us_per_request']:.1f} CPU us per request, waited {s['runqueue_wait_ms']:.0f} ms for a CPU")
 try:
     w = load("ws-idle")
     print()
