@@ -108,17 +108,15 @@ impl NewEvent {
 }
 
 /// Records `event` for `tenant` in the caller's transaction: the audit row and its outbox
-/// entry commit or roll back with the change itself. Returns the event id (a UUIDv7).
+/// entry commit or roll back with the change itself, and the relay is woken when it commits.
+/// Returns the event id (a UUIDv7).
 pub async fn emit(
     conn: &mut PgConnection,
     tenant: TenantId,
     event: NewEvent,
 ) -> Result<Uuid, sqlx::Error> {
-    let id = emit_unsignalled(conn, tenant, event).await?;
-    sqlx::query("select pg_notify('agentry_outbox', '')")
-        .execute(&mut *conn)
-        .await?;
-    Ok(id)
+    // The notification rides in the same statement: one round trip per event, not two.
+    insert(conn, tenant, event, INSERT_AND_NOTIFY).await
 }
 
 /// Like [`emit`], without waking the relay: the event is published at the relay's next poll
@@ -130,25 +128,45 @@ pub async fn emit_unsignalled(
     tenant: TenantId,
     event: NewEvent,
 ) -> Result<Uuid, sqlx::Error> {
+    insert(conn, tenant, event, INSERT).await
+}
+
+/// The audit row and its outbox entry, in one statement.
+const INSERT: &str = "with event as (
+       insert into agentry.events (tenant_id, id, type, version, subject, actor, data, traceparent)
+       values ($1, $2, $3, $4, $5, $6, $7, $8)
+       returning tenant_id, id)
+     insert into agentry.event_outbox (tenant_id, event_id) select tenant_id, id from event";
+
+/// [`INSERT`], and a notification to the relay (sent by PostgreSQL when the transaction
+/// commits, dropped if it rolls back).
+const INSERT_AND_NOTIFY: &str = "with event as (
+       insert into agentry.events (tenant_id, id, type, version, subject, actor, data, traceparent)
+       values ($1, $2, $3, $4, $5, $6, $7, $8)
+       returning tenant_id, id),
+     outbox as (
+       insert into agentry.event_outbox (tenant_id, event_id) select tenant_id, id from event
+       returning event_id)
+     select pg_notify('agentry_outbox', '') from outbox";
+
+async fn insert(
+    conn: &mut PgConnection,
+    tenant: TenantId,
+    event: NewEvent,
+    statement: &'static str,
+) -> Result<Uuid, sqlx::Error> {
     let id = Uuid::now_v7();
     let traceparent = crate::telemetry::current_traceparent();
-    // One statement (one round trip) for the audit row and its outbox entry.
-    sqlx::query(
-        "with event as (
-           insert into agentry.events (tenant_id, id, type, version, subject, actor, data, traceparent)
-           values ($1, $2, $3, $4, $5, $6, $7, $8)
-           returning tenant_id, id)
-         insert into agentry.event_outbox (tenant_id, event_id) select tenant_id, id from event",
-    )
-    .bind(tenant.0)
-    .bind(id)
-    .bind(event.type_)
-    .bind(event.version)
-    .bind(&event.subject)
-    .bind(&event.actor)
-    .bind(&event.data)
-    .bind(traceparent)
-    .execute(&mut *conn)
-    .await?;
+    sqlx::query(statement)
+        .bind(tenant.0)
+        .bind(id)
+        .bind(event.type_)
+        .bind(event.version)
+        .bind(&event.subject)
+        .bind(&event.actor)
+        .bind(&event.data)
+        .bind(traceparent)
+        .execute(&mut *conn)
+        .await?;
     Ok(id)
 }
