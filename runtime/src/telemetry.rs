@@ -83,13 +83,7 @@ pub fn init(service: &'static str, json: bool) -> Telemetry {
 
 /// The W3C `traceparent` of the current span, when tracing is on.
 pub fn current_traceparent() -> Option<String> {
-    if !exporting() {
-        return None;
-    }
-    let mut carrier = HashMap::new();
-    let cx = tracing::Span::current().context();
-    global::get_text_map_propagator(|p| p.inject_context(&cx, &mut carrier));
-    carrier.remove("traceparent")
+    trace_headers().remove("traceparent")
 }
 
 /// Trace context headers (`traceparent`, `tracestate`) for the current span.

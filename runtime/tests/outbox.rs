@@ -461,6 +461,58 @@ async fn app_roles_cannot_rewrite_the_audit_log() {
     db.cleanup().await;
 }
 
+/// `emit` wakes the relay (a notification when its transaction commits, none when it rolls
+/// back); `emit_unsignalled` never does. Listened for directly: the relay's own poll would
+/// hide a missing notification.
+#[tokio::test]
+async fn emit_notifies_the_relay_on_commit_only() {
+    let mut db = TestDb::new().await;
+    let tenant = db.tenant(&format!("n{}", unique())).await;
+    let app = db.app(Some(tenant)).await;
+    let mut listener = sqlx::postgres::PgListener::connect_with(&db.admin)
+        .await
+        .expect("listener");
+    listener
+        .listen(events::relay::NOTIFY_CHANNEL)
+        .await
+        .expect("listen");
+    let quiet = Duration::from_millis(300);
+
+    let mut tx = app.begin(tenant).await.expect("begin");
+    events::emit_unsignalled(&mut tx, tenant, NewEvent::new("test.happened", json!({})))
+        .await
+        .expect("emit unsignalled");
+    tx.commit().await.expect("commit");
+    let mut tx = app.begin(tenant).await.expect("begin");
+    events::emit(&mut tx, tenant, NewEvent::new("test.happened", json!({})))
+        .await
+        .expect("emit, rolled back");
+    tx.rollback().await.expect("rollback");
+    assert!(
+        tokio::time::timeout(quiet, listener.recv()).await.is_err(),
+        "no notification for an unsignalled or rolled-back event"
+    );
+
+    let mut tx = app.begin(tenant).await.expect("begin");
+    events::emit(&mut tx, tenant, NewEvent::new("test.happened", json!({})))
+        .await
+        .expect("emit");
+    tx.commit().await.expect("commit");
+    let notification = tokio::time::timeout(Duration::from_secs(5), listener.recv())
+        .await
+        .expect("a notification after the commit")
+        .expect("listener");
+    assert_eq!(notification.channel(), events::relay::NOTIFY_CHANNEL);
+    assert_eq!(
+        db.outbox_len().await,
+        2,
+        "both committed events are in the outbox"
+    );
+
+    drop(listener);
+    db.cleanup().await;
+}
+
 #[tokio::test]
 async fn relay_recreates_a_stream_deleted_under_it() {
     let mut db = TestDb::new().await;

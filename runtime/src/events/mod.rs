@@ -131,23 +131,31 @@ pub async fn emit_unsignalled(
     insert(conn, tenant, event, INSERT).await
 }
 
+/// The audit row, as a common table expression `event (tenant_id, id)`.
+macro_rules! event_row {
+    () => {
+        "with event as (
+           insert into agentry.events (tenant_id, id, type, version, subject, actor, data, traceparent)
+           values ($1, $2, $3, $4, $5, $6, $7, $8)
+           returning tenant_id, id)"
+    };
+}
+
 /// The audit row and its outbox entry, in one statement.
-const INSERT: &str = "with event as (
-       insert into agentry.events (tenant_id, id, type, version, subject, actor, data, traceparent)
-       values ($1, $2, $3, $4, $5, $6, $7, $8)
-       returning tenant_id, id)
-     insert into agentry.event_outbox (tenant_id, event_id) select tenant_id, id from event";
+const INSERT: &str = concat!(
+    event_row!(),
+    " insert into agentry.event_outbox (tenant_id, event_id) select tenant_id, id from event"
+);
 
 /// [`INSERT`], and a notification to the relay (sent by PostgreSQL when the transaction
 /// commits, dropped if it rolls back).
-const INSERT_AND_NOTIFY: &str = "with event as (
-       insert into agentry.events (tenant_id, id, type, version, subject, actor, data, traceparent)
-       values ($1, $2, $3, $4, $5, $6, $7, $8)
-       returning tenant_id, id),
-     outbox as (
+const INSERT_AND_NOTIFY: &str = concat!(
+    event_row!(),
+    ", outbox as (
        insert into agentry.event_outbox (tenant_id, event_id) select tenant_id, id from event
        returning event_id)
-     select pg_notify('agentry_outbox', '') from outbox";
+     select pg_notify('agentry_outbox', '') from outbox"
+);
 
 async fn insert(
     conn: &mut PgConnection,
