@@ -895,3 +895,124 @@ async fn sse_reports_the_turn_in_order(admin: PgPool) {
     assert_eq!(done["agent"], "billing");
     s.h.cleanup().await;
 }
+
+/// What one tool round trip writes, on a tenant's own role (each write one statement, no
+/// transaction) and on a shared role: every message with its `message.created` event, every
+/// model call's usage row (as the message states it, charged to the key) with its
+/// `usage.recorded` event, every event in the outbox, and one relay wake-up per write.
+#[sqlx::test(migrator = "agentry_runtime::db::MIGRATOR")]
+async fn a_turn_writes_each_message_with_its_usage_and_events(admin: PgPool) {
+    let orders = Orders::default();
+    let addr = order_server(orders.clone()).await;
+    let mut h = Harness::new(admin).await;
+    let acme = h.bundles.get_mut("acme").unwrap();
+    point_order_tools(acme, addr);
+    acme.hash = acme.content_hash();
+    for tenant_role in [true, false] {
+        let db = if tenant_role {
+            h.tenant_db("acme").await
+        } else {
+            h.shared_db().await
+        };
+        let (app, _state) = h.app(db, &["acme"], false);
+        let (key_id, key) = h.insert_key("acme", &["chat"]).await;
+        let mut listener = sqlx::postgres::PgListener::connect_with(&h.admin)
+            .await
+            .unwrap();
+        listener
+            .listen(agentry_runtime::events::relay::NOTIFY_CHANNEL)
+            .await
+            .unwrap();
+        let request = json!({"model": "agent/billing",
+            "messages": [{"role": "user", "content": "Can you lookup order A-1001?"}]});
+        let auth = bearer(&key);
+        let a = call(
+            &app,
+            Method::POST,
+            "/v1/chat/completions",
+            &[("authorization", &auth)],
+            Some(request),
+        )
+        .await;
+        assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+        // The conversation with its user message, the call, the tool's answer, the answer.
+        let mut wakeups = 0;
+        while let Ok(Ok(Some(_))) =
+            tokio::time::timeout(std::time::Duration::from_millis(500), listener.try_recv()).await
+        {
+            wakeups += 1;
+        }
+        assert_eq!(wakeups, 4, "tenant role: {tenant_role}");
+
+        let conversation: uuid::Uuid = sqlx::query_scalar(
+            "select id from agentry.conversations order by created_at desc, id desc limit 1",
+        )
+        .fetch_one(&h.admin)
+        .await
+        .unwrap();
+        let messages: Vec<(uuid::Uuid, String, Option<String>, i32, i32, i64)> = sqlx::query_as(
+            "select id, role, model, tokens_in, tokens_out, cost_micros from agentry.messages
+             where conversation_id = $1 order by created_at, id",
+        )
+        .bind(conversation)
+        .fetch_all(&h.admin)
+        .await
+        .unwrap();
+        let roles: Vec<&str> = messages.iter().map(|m| m.1.as_str()).collect();
+        assert_eq!(roles, ["user", "assistant", "tool", "assistant"]);
+        let announced: Vec<uuid::Uuid> = sqlx::query_scalar(
+            "select (data ->> 'messageId')::uuid from agentry.events
+             where type = 'message.created' and subject = $1::text order by id",
+        )
+        .bind(conversation)
+        .fetch_all(&h.admin)
+        .await
+        .unwrap();
+        let ids: Vec<uuid::Uuid> = messages.iter().map(|m| m.0).collect();
+        assert_eq!(announced, ids);
+
+        let usage: Vec<(uuid::Uuid, Option<uuid::Uuid>, String, i32, i32, i64)> = sqlx::query_as(
+            "select u.id, u.key_id, u.model, u.tokens_in, u.tokens_out, u.cost_micros
+               from agentry.usage_records u
+               join agentry.events e on e.type = 'usage.recorded'
+                and (e.data ->> 'id')::uuid = u.id and e.subject = $1::text
+              order by u.id",
+        )
+        .bind(conversation)
+        .fetch_all(&h.admin)
+        .await
+        .unwrap();
+        let calls: Vec<(Option<String>, i32, i32, i64)> = messages
+            .iter()
+            .filter(|m| m.1 == "assistant")
+            .map(|m| (m.2.clone(), m.3, m.4, m.5))
+            .collect();
+        let charged: Vec<(Option<String>, i32, i32, i64)> = usage
+            .iter()
+            .map(|u| (Some(u.2.clone()), u.3, u.4, u.5))
+            .collect();
+        assert_eq!(charged, calls);
+        assert!(usage.iter().all(|u| u.1 == Some(key_id)), "{usage:?}");
+        assert!(calls.iter().all(|c| c.1 > 0 && c.3 > 0), "{calls:?}");
+
+        let unqueued: i64 = sqlx::query_scalar(
+            "select count(*) from agentry.events e
+              where e.subject = $1::text
+                and not exists (select 1 from agentry.event_outbox o where o.event_id = e.id)",
+        )
+        .bind(conversation)
+        .fetch_one(&h.admin)
+        .await
+        .unwrap();
+        assert_eq!(unqueued, 0);
+        let touched: bool = sqlx::query_scalar(
+            "select updated_at > created_at from agentry.conversations where id = $1",
+        )
+        .bind(conversation)
+        .fetch_one(&h.admin)
+        .await
+        .unwrap();
+        assert!(touched);
+    }
+    h.cleanup().await;
+}

@@ -296,9 +296,10 @@ impl Turn {
     }
 
     async fn persist(&mut self, m: NewMessage<'_>) -> Result<StoredMessage, ApiError> {
-        let mut tx = self.state.db.begin(self.caller.tenant.id).await?;
-        let stored = store::insert_message(&mut tx, &self.caller, self.conversation, &m).await?;
-        tx.commit().await?;
+        let mut statement = self.state.db.statement(self.caller.tenant.id).await?;
+        let stored =
+            store::insert_message(statement.conn(), &self.caller, self.conversation, &m).await?;
+        statement.finish().await?;
         Ok(stored)
     }
 

@@ -5,10 +5,11 @@
 use serde::Serialize;
 use serde_json::{Value, json};
 use sqlx::PgConnection;
+use sqlx::types::Json;
 use uuid::Uuid;
 
 use crate::error::ApiError;
-use crate::events::{self, NewEvent};
+use crate::events::{self, EventRow, NewEvent};
 use crate::gateway::{Caller, Principal};
 use crate::llm::{Completion, Message, Role, ToolCall};
 use crate::state::AppState;
@@ -87,76 +88,135 @@ pub struct NewMessage<'a> {
     pub latency_ms: Option<i32>,
 }
 
-const MESSAGE_COLUMNS: &str = "id, role, content, agent, tool_calls, tool_call_id, model, \
-     tokens_in, tokens_out, cost_micros, latency_ms, created_at";
+/// Columns of [`StoredMessage`], as a literal for `concat!`.
+macro_rules! message_columns {
+    () => {
+        "id, role, content, agent, tool_calls, tool_call_id, model, tokens_in, tokens_out, \
+         cost_micros, latency_ms, created_at"
+    };
+}
+
+const MESSAGE_COLUMNS: &str = message_columns!();
+
+/// A message, the touch of its conversation, the usage row of its completion (when `$14`, the
+/// usage id, is not null) and their events, in one statement: a turn's write is one round
+/// trip. `clock_timestamp()`, not `now()`: several messages of one transaction must still
+/// order.
+const INSERT_MESSAGE: &str = concat!(
+    "with message as (
+       insert into agentry.messages (tenant_id, id, conversation_id, role, content, agent,
+         tool_calls, tool_call_id, model, tokens_in, tokens_out, cost_micros, latency_ms,
+         created_at)
+       values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, clock_timestamp())
+       returning ",
+    message_columns!(),
+    "),
+     touched as (
+       update agentry.conversations set updated_at = now() where tenant_id = $1 and id = $3),
+     usage as (
+       insert into agentry.usage_records
+         (tenant_id, id, key_id, user_id, source, model, tokens_in, tokens_out, cost_micros)
+       select $1, $14, $15, $16, 'chat', $9, $10, $11, $12 where $14::uuid is not null),
+     ",
+    crate::events::outbox_ctes!("$1", "$17"),
+    " select message.*, ",
+    crate::events::notify_outbox!(),
+    " as notified from message"
+);
+
+/// A usage row and its event, in one statement.
+const INSERT_USAGE: &str = concat!(
+    "with usage as (
+       insert into agentry.usage_records
+         (tenant_id, id, key_id, user_id, source, model, tokens_in, tokens_out, cost_micros)
+       values ($1, $2, $3, $4, 'chat', $5, $6, $7, $8)),
+     ",
+    crate::events::outbox_ctes!("$1", "$9"),
+    " select ",
+    crate::events::notify_outbox!()
+);
+
+/// Tokens as the tables store them (an `integer`; no call comes near its limit).
+fn tokens(n: u32) -> i32 {
+    i32::try_from(n).unwrap_or(i32::MAX)
+}
+
+/// The API key a usage row is charged to.
+fn key_id(caller: &Caller) -> Option<Uuid> {
+    match &caller.principal {
+        Principal::ApiKey { id } => Some(*id),
+        Principal::User { .. } => None,
+    }
+}
+
+/// The `usage.recorded` event of the usage row `id`.
+fn usage_event(caller: &Caller, id: Uuid, conversation: Option<Uuid>, c: &Completion) -> NewEvent {
+    NewEvent::new(
+        "usage.recorded",
+        json!({
+            "id": id, "source": "chat", "conversationId": conversation, "model": c.model,
+            "provider": c.provider, "inputTokens": c.usage.input_tokens,
+            "outputTokens": c.usage.output_tokens, "estimated": c.usage_estimated,
+            "costMicros": c.cost_micros,
+        }),
+    )
+    .subject(conversation.map_or_else(|| id.to_string(), |c| c.to_string()))
+    .actor(caller.actor())
+}
 
 /// Inserts a message and its `message.created` event; with a completion also its usage row
-/// and `usage.recorded` event.
+/// and `usage.recorded` event. One statement: atomic on its own, so it needs no transaction
+/// (see [`crate::db::Db::statement`]).
 pub async fn insert_message(
     conn: &mut PgConnection,
     caller: &Caller,
     conversation: Uuid,
     m: &NewMessage<'_>,
 ) -> Result<StoredMessage, sqlx::Error> {
-    let tenant = caller.tenant.id;
     let id = Uuid::now_v7();
     let tool_calls = m
         .tool_calls
         .filter(|c| !c.is_empty())
         .map(|c| serde_json::to_value(c).unwrap_or(Value::Null));
     let c = m.completion;
-    let tokens_in = c.map_or(0, |c| {
-        i32::try_from(c.usage.input_tokens).unwrap_or(i32::MAX)
-    });
-    let tokens_out = c.map_or(0, |c| {
-        i32::try_from(c.usage.output_tokens).unwrap_or(i32::MAX)
-    });
-    let cost = c.map_or(0, |c| c.cost_micros);
-    // clock_timestamp, not now(): several messages of one transaction must still order.
-    let stored: StoredMessage = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "insert into agentry.messages (tenant_id, id, conversation_id, role, content, agent,
-           tool_calls, tool_call_id, model, tokens_in, tokens_out, cost_micros, latency_ms,
-           created_at)
-         values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, clock_timestamp())
-         returning {MESSAGE_COLUMNS}"
-    )))
-    .bind(tenant.0)
-    .bind(id)
-    .bind(conversation)
-    .bind(m.role)
-    .bind(m.content)
-    .bind(m.agent)
-    .bind(&tool_calls)
-    .bind(m.tool_call_id)
-    .bind(c.map(|c| c.model.as_str()))
-    .bind(tokens_in)
-    .bind(tokens_out)
-    .bind(cost)
-    .bind(m.latency_ms)
-    .fetch_one(&mut *conn)
-    .await?;
-    sqlx::query(
-        "update agentry.conversations set updated_at = now() where tenant_id = $1 and id = $2",
-    )
-    .bind(tenant.0)
-    .bind(conversation)
-    .execute(&mut *conn)
-    .await?;
-    events::emit(
-        conn,
-        tenant,
+    let traceparent = crate::telemetry::current_traceparent();
+    let mut events = vec![EventRow::new(
         NewEvent::new(
             "message.created",
             json!({"conversationId": conversation, "messageId": id, "role": m.role, "agent": m.agent}),
         )
         .subject(conversation.to_string())
         .actor(caller.actor()),
-    )
-    .await?;
-    if let Some(c) = c {
-        record_usage(conn, caller, Some(conversation), c).await?;
-    }
-    Ok(stored)
+        traceparent.clone(),
+    )];
+    let usage_id = c.map(|c| {
+        let usage_id = Uuid::now_v7();
+        events.push(EventRow::new(
+            usage_event(caller, usage_id, Some(conversation), c),
+            traceparent,
+        ));
+        usage_id
+    });
+    sqlx::query_as(INSERT_MESSAGE)
+        .bind(caller.tenant.id.0)
+        .bind(id)
+        .bind(conversation)
+        .bind(m.role)
+        .bind(m.content)
+        .bind(m.agent)
+        .bind(&tool_calls)
+        .bind(m.tool_call_id)
+        .bind(c.map(|c| c.model.as_str()))
+        .bind(c.map_or(0, |c| tokens(c.usage.input_tokens)))
+        .bind(c.map_or(0, |c| tokens(c.usage.output_tokens)))
+        .bind(c.map_or(0, |c| c.cost_micros))
+        .bind(m.latency_ms)
+        .bind(usage_id)
+        .bind(key_id(caller))
+        .bind(caller.user_id())
+        .bind(Json(&events))
+        .fetch_one(&mut *conn)
+        .await
 }
 
 /// Inserts the usage row of one model call and its `usage.recorded` event.
@@ -166,43 +226,23 @@ pub async fn record_usage(
     conversation: Option<Uuid>,
     c: &Completion,
 ) -> Result<(), sqlx::Error> {
-    let tenant = caller.tenant.id;
     let id = Uuid::now_v7();
-    let key_id = match &caller.principal {
-        Principal::ApiKey { id } => Some(*id),
-        Principal::User { .. } => None,
-    };
-    sqlx::query(
-        "insert into agentry.usage_records
-           (tenant_id, id, key_id, user_id, source, model, tokens_in, tokens_out, cost_micros)
-         values ($1, $2, $3, $4, 'chat', $5, $6, $7, $8)",
-    )
-    .bind(tenant.0)
-    .bind(id)
-    .bind(key_id)
-    .bind(caller.user_id())
-    .bind(&c.model)
-    .bind(i32::try_from(c.usage.input_tokens).unwrap_or(i32::MAX))
-    .bind(i32::try_from(c.usage.output_tokens).unwrap_or(i32::MAX))
-    .bind(c.cost_micros)
-    .execute(&mut *conn)
-    .await?;
-    events::emit(
-        conn,
-        tenant,
-        NewEvent::new(
-            "usage.recorded",
-            json!({
-                "id": id, "source": "chat", "conversationId": conversation, "model": c.model,
-                "provider": c.provider, "inputTokens": c.usage.input_tokens,
-                "outputTokens": c.usage.output_tokens, "estimated": c.usage_estimated,
-                "costMicros": c.cost_micros,
-            }),
-        )
-        .subject(conversation.map_or_else(|| id.to_string(), |c| c.to_string()))
-        .actor(caller.actor()),
-    )
-    .await?;
+    let event = EventRow::new(
+        usage_event(caller, id, conversation, c),
+        crate::telemetry::current_traceparent(),
+    );
+    sqlx::query(INSERT_USAGE)
+        .bind(caller.tenant.id.0)
+        .bind(id)
+        .bind(key_id(caller))
+        .bind(caller.user_id())
+        .bind(&c.model)
+        .bind(tokens(c.usage.input_tokens))
+        .bind(tokens(c.usage.output_tokens))
+        .bind(c.cost_micros)
+        .bind(Json([event]))
+        .execute(&mut *conn)
+        .await?;
     Ok(())
 }
 
@@ -233,9 +273,30 @@ pub struct Conversation {
     pub updated_at: chrono::DateTime<chrono::Utc>,
 }
 
+/// Columns of [`Conversation`], as a literal for `concat!`.
+macro_rules! conversation_columns {
+    () => {
+        "id, agent, workflow, user_id, title, status, escalated, metadata, created_at, updated_at"
+    };
+}
+
 /// Columns of [`Conversation`].
-pub const CONVERSATION_COLUMNS: &str =
-    "id, agent, workflow, user_id, title, status, escalated, metadata, created_at, updated_at";
+pub const CONVERSATION_COLUMNS: &str = conversation_columns!();
+
+/// A conversation and its events (none or `conversation.created`), in one statement.
+const INSERT_CONVERSATION: &str = concat!(
+    "with conversation as (
+       insert into agentry.conversations (tenant_id, id, agent, user_id, title, metadata, workflow)
+       values ($1, $2, $3, $4, $5, $6, $7)
+       returning ",
+    conversation_columns!(),
+    "),
+     ",
+    crate::events::outbox_ctes!("$1", "$8"),
+    " select conversation.*, ",
+    crate::events::notify_outbox!(),
+    " as notified from conversation"
+);
 
 /// A conversation to create.
 #[derive(Debug, Default)]
@@ -256,43 +317,44 @@ pub struct NewConversation<'a> {
 }
 
 /// Inserts a conversation owned by `caller` (its end user, if any), its
-/// `conversation.created` event when `new.event` is set, and its first messages.
+/// `conversation.created` event when `new.event` is set, and its first messages: one
+/// statement for the conversation and one per message, so call it in a transaction.
 pub async fn create_conversation(
     conn: &mut PgConnection,
     caller: &Caller,
     new: &NewConversation<'_>,
 ) -> Result<Conversation, sqlx::Error> {
-    let tenant = caller.tenant.id;
     let id = Uuid::now_v7();
     let empty = json!({});
-    let conversation: Conversation = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "insert into agentry.conversations (tenant_id, id, agent, user_id, title, metadata, workflow)
-         values ($1, $2, $3, $4, $5, $6, $7) returning {CONVERSATION_COLUMNS}"
-    )))
-    .bind(tenant.0)
-    .bind(id)
-    .bind(new.agent)
-    .bind(caller.user_id())
-    .bind(new.title)
-    .bind(new.metadata.unwrap_or(&empty))
-    .bind(new.workflow)
-    .fetch_one(&mut *conn)
-    .await?;
-    if let Some(fields) = &new.event {
-        let mut payload = json!({"conversationId": id, "agent": new.agent,
-                                 "userId": caller.user_id()});
-        if let (Some(payload), Some(fields)) = (payload.as_object_mut(), fields.as_object()) {
-            payload.extend(fields.clone());
-        }
-        events::emit(
-            &mut *conn,
-            tenant,
-            NewEvent::new("conversation.created", payload)
-                .subject(id.to_string())
-                .actor(caller.actor()),
-        )
+    let events: Vec<EventRow> = new
+        .event
+        .as_ref()
+        .map(|fields| {
+            let mut payload = json!({"conversationId": id, "agent": new.agent,
+                                     "userId": caller.user_id()});
+            if let (Some(payload), Some(fields)) = (payload.as_object_mut(), fields.as_object()) {
+                payload.extend(fields.clone());
+            }
+            EventRow::new(
+                NewEvent::new("conversation.created", payload)
+                    .subject(id.to_string())
+                    .actor(caller.actor()),
+                crate::telemetry::current_traceparent(),
+            )
+        })
+        .into_iter()
+        .collect();
+    let conversation: Conversation = sqlx::query_as(INSERT_CONVERSATION)
+        .bind(caller.tenant.id.0)
+        .bind(id)
+        .bind(new.agent)
+        .bind(caller.user_id())
+        .bind(new.title)
+        .bind(new.metadata.unwrap_or(&empty))
+        .bind(new.workflow)
+        .bind(Json(&events))
+        .fetch_one(&mut *conn)
         .await?;
-    }
     for m in new.messages {
         insert_message(&mut *conn, caller, id, m).await?;
     }
@@ -343,7 +405,7 @@ pub async fn window(
     conversation: Uuid,
     window: u32,
 ) -> Result<Vec<StoredMessage>, ApiError> {
-    let mut tx = state.db.begin(tenant).await?;
+    let mut statement = state.db.statement(tenant).await?;
     let mut rows: Vec<StoredMessage> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "select {MESSAGE_COLUMNS} from agentry.messages
          where tenant_id = $1 and conversation_id = $2 order by created_at desc, id desc limit $3"
@@ -351,9 +413,9 @@ pub async fn window(
     .bind(tenant.0)
     .bind(conversation)
     .bind(i64::from(window.max(1)))
-    .fetch_all(&mut *tx)
+    .fetch_all(statement.conn())
     .await?;
-    tx.commit().await?;
+    statement.finish().await?;
     rows.reverse();
     let skip = rows.iter().take_while(|m| m.role == "tool").count();
     rows.drain(..skip);

@@ -107,6 +107,82 @@ impl NewEvent {
     }
 }
 
+/// An event as an element of a JSON array parameter, for a statement that writes its events
+/// with the change they describe, in one round trip (see [`outbox_ctes`]).
+#[derive(Debug, Clone, Serialize)]
+pub struct EventRow {
+    /// Event id, a UUIDv7.
+    pub id: Uuid,
+    /// Dotted type.
+    #[serde(rename = "type")]
+    pub type_: &'static str,
+    /// Payload version of the type.
+    pub version: i32,
+    /// What it is about.
+    pub subject: Option<String>,
+    /// Who caused it.
+    pub actor: Option<String>,
+    /// Payload.
+    pub data: Value,
+    /// The W3C trace context the relay forwards.
+    pub traceparent: Option<String>,
+}
+
+impl EventRow {
+    /// `event` with a new id and the given trace context (read it once per statement with
+    /// [`crate::telemetry::current_traceparent`]).
+    pub fn new(event: NewEvent, traceparent: Option<String>) -> Self {
+        Self {
+            id: Uuid::now_v7(),
+            type_: event.type_,
+            version: event.version,
+            subject: event.subject,
+            actor: event.actor,
+            data: event.data,
+            traceparent,
+        }
+    }
+}
+
+/// Common table expressions `written_event` and `written_outbox` that record the events of
+/// a JSON array of [`EventRow`]s for a tenant: audit rows and outbox entries. Arguments: the
+/// placeholders of the tenant id and of the array, such as `"$1"` and `"$9"`. Follow with
+/// [`notify_outbox`] in the statement's final `select` to wake the relay on commit.
+macro_rules! outbox_ctes {
+    ($tenant:literal, $rows:literal) => {
+        concat!(
+            "written_event as (
+               insert into agentry.events
+                 (tenant_id, id, type, version, subject, actor, data, traceparent)
+               select ",
+            $tenant,
+            ", e.id, e.type, e.version, e.subject, e.actor, e.data,
+                      e.traceparent
+                 from jsonb_to_recordset(",
+            $rows,
+            ") as e(id uuid, type text, version integer,
+                      subject text, actor text, data jsonb, traceparent text)
+               returning tenant_id, id),
+             written_outbox as (
+               insert into agentry.event_outbox (tenant_id, event_id)
+               select tenant_id, id from written_event
+               returning event_id)"
+        )
+    };
+}
+pub(crate) use outbox_ctes;
+
+/// A scalar expression for the final `select` of a statement with [`outbox_ctes`]: one
+/// notification to the relay when it wrote any event (sent on commit, dropped on rollback).
+/// A `select` common table expression runs only where it is read, so it must be read.
+macro_rules! notify_outbox {
+    () => {
+        "(select count(*) from (select pg_notify('agentry_outbox', '')
+                                  from written_outbox limit 1) as notified)"
+    };
+}
+pub(crate) use notify_outbox;
+
 /// Records `event` for `tenant` in the caller's transaction: the audit row and its outbox
 /// entry commit or roll back with the change itself, and the relay is woken when it commits.
 /// Returns the event id (a UUIDv7).

@@ -26,6 +26,7 @@ use super::engine::Journal;
 use super::hub::RunHub;
 use super::model::{Run, RunStatus, StepRecord, StepStatus};
 use crate::db::{Db, DbError};
+use crate::events::{EventRow, NewEvent};
 use crate::metrics::Metrics;
 use crate::tenancy::TenantId;
 
@@ -107,9 +108,9 @@ steps as (
          output jsonb, error text, "startedAt" timestamptz, "finishedAt" timestamptz)),
 events as (
   insert into agentry.events (tenant_id, id, type, version, subject, actor, data, traceparent)
-  select run.tenant_id, e.id, e.type, 1, e.subject, e.actor, e.data, e.traceparent
-    from run, jsonb_to_recordset(run.events) as e(id uuid, type text, subject text,
-         actor text, data jsonb, traceparent text)
+  select run.tenant_id, e.id, e.type, e.version, e.subject, e.actor, e.data, e.traceparent
+    from run, jsonb_to_recordset(run.events) as e(id uuid, type text, version integer,
+         subject text, actor text, data jsonb, traceparent text)
   returning tenant_id, id),
 outbox as (
   insert into agentry.event_outbox (tenant_id, event_id) select tenant_id, id from events),
@@ -132,18 +133,6 @@ struct Checkpoint {
     steps: Value,
     events: Vec<EventRow>,
     notify: bool,
-}
-
-/// An event row of a checkpoint (see docs/events.md for the types and payloads).
-#[derive(Serialize)]
-struct EventRow {
-    id: Uuid,
-    #[serde(rename = "type")]
-    type_: &'static str,
-    subject: String,
-    actor: String,
-    data: Value,
-    traceparent: Option<String>,
 }
 
 /// A checkpoint waiting for the writer, and where its outcome goes.
@@ -302,16 +291,14 @@ impl Journal for PgJournal<'_> {
 impl PgJournal<'_> {
     /// The event of a run that left `running`.
     fn run_event(&self, run: &Run, traceparent: Option<String>) -> EventRow {
-        EventRow {
-            id: Uuid::now_v7(),
-            type_: run_event_type(run.status),
-            subject: run.id.to_string(),
-            actor: self.actor.clone(),
-            data: json!({"runId": run.id, "workflow": run.workflow.name,
-                         "status": run.status, "error": run.error,
-                         "wait": run.cursor.wait}),
+        let data = json!({"runId": run.id, "workflow": run.workflow.name,
+                          "status": run.status, "error": run.error, "wait": run.cursor.wait});
+        EventRow::new(
+            NewEvent::new(run_event_type(run.status), data)
+                .subject(run.id.to_string())
+                .actor(self.actor.clone()),
             traceparent,
-        }
+        )
     }
 
     /// A step's event.
@@ -323,19 +310,18 @@ impl PgJournal<'_> {
             _ => "workflow.step.completed",
         };
         let duration_ms = (step.finished_at - step.started_at).num_milliseconds();
-        EventRow {
-            id: Uuid::now_v7(),
-            type_,
-            subject: run.id.to_string(),
-            actor: self.actor.clone(),
-            data: json!({"runId": run.id, "workflow": run.workflow.name, "seq": step.seq,
-                         "node": step.node, "kind": step.kind, "status": step.status,
-                         "attempts": step.attempts, "error": step.error,
-                         "output": if type_ == "workflow.step.completed" { Value::Null }
-                                   else { step.output.clone().unwrap_or(Value::Null) },
-                         "durationMs": duration_ms}),
+        let data = json!({"runId": run.id, "workflow": run.workflow.name, "seq": step.seq,
+                          "node": step.node, "kind": step.kind, "status": step.status,
+                          "attempts": step.attempts, "error": step.error,
+                          "output": if type_ == "workflow.step.completed" { Value::Null }
+                                    else { step.output.clone().unwrap_or(Value::Null) },
+                          "durationMs": duration_ms});
+        EventRow::new(
+            NewEvent::new(type_, data)
+                .subject(run.id.to_string())
+                .actor(self.actor.clone()),
             traceparent,
-        }
+        )
     }
 }
 
