@@ -26,6 +26,7 @@
 # BENCH_PIN_SERVICES (0; 1 moves the running PostgreSQL and NATS to the load's core),
 # BENCH_OVERLOAD_SECS (5; 0 skips), BENCH_MAX_IN_FLIGHT (the runtime's shedding cap for the
 # closed-loop runs, 1024), BENCH_OVERLOAD_MAX_IN_FLIGHT (the cap for the overload run, 16),
+# BENCH_FRONT_THREAD (the runtime's --http-front-thread, true or false; default false),
 # CARGO_TARGET_DIR.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -43,6 +44,7 @@ agent_concurrency="${BENCH_AGENT_CONCURRENCY:-16}"
 pg_options="${BENCH_PG_OPTIONS:-}"
 max_in_flight="${BENCH_MAX_IN_FLIGHT:-1024}"
 overload_max_in_flight="${BENCH_OVERLOAD_MAX_IN_FLIGHT:-16}"
+front_thread="${BENCH_FRONT_THREAD:-false}"
 pg="${AGENTRY_E2E_POSTGRES:-postgres://postgres@127.0.0.1:5432}"
 mkdir -p "$out"
 rm -f "$out"/*.json
@@ -137,7 +139,7 @@ sed "s|@MOCK_BASE_URL@|$mock_url|" e2e/bench/manifests/bench.yaml.tmpl >"$work/m
 start_runtime() {
   AGENTRY_DATABASE_URL="$pg/$database${pg_options:+?$pg_options}" AGENTRY_DEV_ROLE="$role" AGENTRY_STATE_DIR="$work/state" \
     AGENTRY_PROVIDER_MOCK_API_KEY="$upstream_key" RUST_LOG="${BENCH_RUST_LOG:-info}" \
-    AGENTRY_MAX_IN_FLIGHT="$2" \
+    AGENTRY_MAX_IN_FLIGHT="$2" AGENTRY_HTTP_FRONT_THREAD="$front_thread" \
     "${pin_runtime[@]}" "$bin/agentry-runtime" dev --manifests "$work/manifests" \
     --listen 127.0.0.1:0 --log-json >"$1" 2>&1 &
   runtime_pid=$!

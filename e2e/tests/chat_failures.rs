@@ -199,6 +199,9 @@ async fn setup() -> Setup {
             ("AGENTRY_LLM_BREAKER_FAILURE_THRESHOLD", "3"),
             ("AGENTRY_LLM_BREAKER_OPEN_MS", open_ms.as_str()),
             ("AGENTRY_LLM_RETRY_INITIAL_BACKOFF_MS", "20"),
+            // These runs go through the front thread (e2e/tests/chat.rs through the default):
+            // SSE, WebSocket upgrades and slow consumers included.
+            ("AGENTRY_HTTP_FRONT_THREAD", "true"),
         ],
     )
     .await

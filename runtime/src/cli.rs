@@ -60,6 +60,11 @@ pub struct CommonArgs {
     /// at once instead of queueing (0: no cap). See docs/limits.md.
     #[arg(long, env = "AGENTRY_MAX_IN_FLIGHT", default_value_t = 1024)]
     pub max_in_flight: usize,
+    /// Serve connections from a thread of their own, which hands admitted requests to the
+    /// worker threads: refusals stay fast when the worker threads are saturated, for a
+    /// hand-off per admitted request. See docs/limits.md.
+    #[arg(long, env = "AGENTRY_HTTP_FRONT_THREAD", default_value_t = false)]
+    pub http_front_thread: bool,
     /// Largest request body in bytes.
     #[arg(long, env = "AGENTRY_MAX_BODY_BYTES", default_value_t = 1024 * 1024)]
     pub max_body_bytes: usize,

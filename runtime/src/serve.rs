@@ -1,6 +1,8 @@
 //! Process lifecycle shared by `serve` and `dev`: connections, background tasks, the HTTP
 //! server, and a graceful shutdown that drains requests and flushes buffers.
 
+use std::future::{Future, IntoFuture as _};
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,7 +18,7 @@ use crate::cli::{CommonArgs, MigrateArgs, ServeArgs};
 use crate::db::{Db, RoleMode};
 use crate::gateway::auth::Authenticator;
 use crate::gateway::limits::Limiter;
-use crate::http::{HttpConfig, app};
+use crate::http::{self, HttpConfig};
 use crate::llm::{LlmConfig, LlmGateway};
 use crate::metrics::Metrics;
 use crate::state::{AppState, Shared};
@@ -197,15 +199,29 @@ impl Runtime {
             max_in_flight: common.max_in_flight,
         };
         let shutdown = self.state.shutdown.clone();
-        // Without TCP_NODELAY a small write (an SSE chunk after the headers) waits for the
-        // peer's delayed ACK: about 40 ms on Linux.
-        let listener = listener.tap_io(|tcp| {
-            if let Err(e) = tcp.set_nodelay(true) {
-                tracing::debug!(error = %e, "cannot set TCP_NODELAY");
-            }
-        });
-        let server = axum::serve(listener, app(self.state.clone(), config))
-            .with_graceful_shutdown(shutdown.clone().cancelled_owned());
+        let server: Pin<Box<dyn Future<Output = std::io::Result<()>> + Send>> = if common
+            .http_front_thread
+        {
+            let state = &self.state;
+            let front = http::front::forward(
+                http::handlers(state.clone(), config),
+                tokio::runtime::Handle::current(),
+            );
+            let front = http::admitted(front, state, config);
+            let done = http::front::spawn(listener.into_std()?, front, shutdown.clone())
+                .context("starting the HTTP front thread")?;
+            Box::pin(async move {
+                done.await
+                    .unwrap_or_else(|_| Err(std::io::Error::other("the HTTP front thread stopped")))
+            })
+        } else {
+            let listener = listener.tap_io(http::set_nodelay);
+            Box::pin(
+                axum::serve(listener, http::app(self.state.clone(), config))
+                    .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+                    .into_future(),
+            )
+        };
         let grace = Duration::from_secs(common.shutdown_grace_seconds);
         let drained = async {
             shutdown.cancelled().await;

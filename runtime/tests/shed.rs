@@ -127,3 +127,97 @@ async fn text(app: &axum::Router, path: &str) -> (StatusCode, String) {
         .unwrap();
     (status, String::from_utf8_lossy(&body).into_owned())
 }
+
+/// Sends `head` (request line and headers, then `body`) over a new connection and returns the
+/// connection, for a request whose body is still to come.
+fn send(addr: std::net::SocketAddr, head: &str, body: &str) -> std::net::TcpStream {
+    use std::io::Write as _;
+    let mut tcp = std::net::TcpStream::connect(addr).unwrap();
+    tcp.write_all(format!("{head}\r\nhost: test\r\n\r\n{body}").as_bytes())
+        .unwrap();
+    tcp
+}
+
+/// The status code of the response on `tcp`.
+fn status_of(mut tcp: std::net::TcpStream) -> u16 {
+    use std::io::Read as _;
+    let mut head = [0u8; 12];
+    tcp.read_exact(&mut head).unwrap();
+    String::from_utf8_lossy(&head[9..12]).parse().unwrap()
+}
+
+/// With `--http-front-thread` the connections live on a thread of their own: a request past
+/// the cap is refused while the worker runtime is blocked, and admitted requests are served
+/// by the workers.
+#[sqlx::test(migrator = "agentry_runtime::db::MIGRATOR")]
+async fn the_front_thread_refuses_while_the_workers_are_busy(admin: PgPool) {
+    use agentry_runtime::http::{admitted, front, handlers};
+
+    let mut h = Harness::new(admin).await;
+    let db = h.shared_db().await;
+    let (_, state) = h.app(db, &["acme"], true);
+    let config = HttpConfig {
+        max_in_flight: 1,
+        ..HttpConfig::default()
+    };
+    // The workers are this test's own (single-threaded) runtime.
+    let app = front::forward(
+        handlers(state.clone(), config),
+        tokio::runtime::Handle::current(),
+    );
+    let app = admitted(app, &state, config);
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let stopped = front::spawn(listener, app, shutdown.clone()).unwrap();
+    let (_, key) = h.insert_key("acme", &["chat"]).await;
+    let models = format!("GET /v1/models HTTP/1.1\r\nauthorization: Bearer {key}");
+
+    // An admitted request, answered by the workers.
+    let tcp = send(addr, &models, "");
+    let status = tokio::task::spawn_blocking(move || status_of(tcp))
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+
+    // A request whose body never ends holds the only slot.
+    let held = send(
+        addr,
+        &format!(
+            "POST /v1/chat/completions HTTP/1.1\r\nauthorization: Bearer {key}\r\n\
+             content-type: application/json\r\ncontent-length: 100"
+        ),
+        "{",
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The workers are blocked (this thread sleeps instead of running them) while another
+    // thread asks: the front thread refuses at once.
+    let asking = std::thread::spawn(move || {
+        let started = Instant::now();
+        let status = status_of(send(addr, &models, ""));
+        (status, started.elapsed())
+    });
+    std::thread::sleep(Duration::from_millis(1500));
+    let (status, took) = asking.join().unwrap();
+    assert_eq!(status, 503);
+    assert!(
+        took < Duration::from_millis(1000),
+        "refused while the workers were blocked, in {took:?}"
+    );
+
+    // The held request ends; its slot frees.
+    drop(held);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let tcp = send(
+        addr,
+        &format!("GET /v1/models HTTP/1.1\r\nauthorization: Bearer {key}"),
+        "",
+    );
+    let status = tokio::task::spawn_blocking(move || status_of(tcp))
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+    shutdown.cancel();
+    stopped.await.unwrap().unwrap();
+}

@@ -3,6 +3,7 @@
 
 mod admin;
 mod docs;
+pub mod front;
 mod health;
 pub mod json;
 mod observe;
@@ -95,6 +96,14 @@ pub fn api_router(state: &AppState, config: HttpConfig) -> OpenApiRouter<AppStat
         .merge(openai)
 }
 
+/// Sets `TCP_NODELAY` on an accepted connection: without it a small write (an SSE chunk after
+/// the headers) waits for the peer's delayed ACK, about 40 ms on Linux.
+pub fn set_nodelay(tcp: &mut tokio::net::TcpStream) {
+    if let Err(e) = tcp.set_nodelay(true) {
+        tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+    }
+}
+
 /// No route matched: 404, in OpenAI's shape under `/v1/`.
 async fn no_route(uri: axum::http::Uri) -> axum::response::Response {
     let error = ApiError::not_found("no such route");
@@ -107,9 +116,14 @@ async fn no_route(uri: axum::http::Uri) -> axum::response::Response {
 
 /// The whole application.
 pub fn app(state: AppState, config: HttpConfig) -> Router {
+    admitted(handlers(state.clone(), config), &state, config)
+}
+
+/// The application without admission (see [`admitted`]).
+pub fn handlers(state: AppState, config: HttpConfig) -> Router {
     let (api, openapi) = api_router(&state, config).split_for_parts();
     let openapi = std::sync::Arc::new(openapi);
-    let app = Router::new()
+    Router::new()
         .merge(health::router())
         .merge(docs::router(openapi))
         .merge(api)
@@ -125,13 +139,17 @@ pub fn app(state: AppState, config: HttpConfig) -> Router {
             ApiError::internal("handler panicked").into_response()
         }))
         .layer(PropagateRequestIdLayer::new(REQUEST_ID))
-        .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid));
-    if config.max_in_flight == 0 {
-        return app.with_state(state);
-    }
-    // Outermost: a shed request costs no request id, span, metric lookup, route match,
-    // authentication or timer (see `shed`).
-    let admission = shed::Admission::new(config.max_in_flight, &state);
-    app.layer(axum::middleware::from_fn_with_state(admission, shed::admit))
+        .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
         .with_state(state)
+}
+
+/// `app` behind the cap on requests in progress, when `config.max_in_flight` sets one. It goes
+/// outermost: a shed request costs no request id, span, metric lookup, route match,
+/// authentication or timer (see `shed`).
+pub fn admitted(app: Router, state: &AppState, config: HttpConfig) -> Router {
+    if config.max_in_flight == 0 {
+        return app;
+    }
+    let admission = shed::Admission::new(config.max_in_flight, state);
+    app.layer(axum::middleware::from_fn_with_state(admission, shed::admit))
 }
