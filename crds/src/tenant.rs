@@ -138,6 +138,17 @@ pub struct RuntimeSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 512))]
     pub image: Option<String>,
+    /// Most API requests in progress at once per replica; past it a request is answered 503
+    /// `overloaded` at once (the runtime's `--max-in-flight`, default 1024; 0 turns the cap
+    /// off). See docs/limits.md, "Overload: shedding".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 1_000_000))]
+    pub max_in_flight: Option<u32>,
+    /// Serve connections from a thread of their own, so that refusals past `maxInFlight` stay
+    /// fast on a CPU-bound replica, for some CPU per admitted request (the runtime's
+    /// `--http-front-thread`, default false). See docs/limits.md, "The front thread".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_front_thread: Option<bool>,
 }
 
 /// CPU-based autoscaling of the runtime.

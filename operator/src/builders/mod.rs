@@ -279,6 +279,8 @@ pub(crate) mod fixtures {
                     ..Default::default()
                 }),
                 image: Some("registry.example/agentry-runtime:custom".to_owned()),
+                max_in_flight: Some(64),
+                http_front_thread: Some(true),
             }),
             providers: vec![
                 ProviderSpec {

@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 
+use agentry_crds::tenant::RuntimeSpec;
 use agentry_crds::{RuntimeBundle, Tenant};
 use k8s_openapi::api::apps::v1::{
     Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment,
@@ -104,8 +105,21 @@ fn runtime_default_seccomp() -> SeccompProfile {
     }
 }
 
+/// The runtime settings a Tenant's `spec.runtime` sets, as the runtime's environment.
+fn tuning_env(runtime: &RuntimeSpec) -> Vec<EnvVar> {
+    let mut vars = Vec::new();
+    if let Some(cap) = runtime.max_in_flight {
+        vars.push(env("AGENTRY_MAX_IN_FLIGHT", cap.to_string()));
+    }
+    if let Some(front) = runtime.http_front_thread {
+        vars.push(env("AGENTRY_HTTP_FRONT_THREAD", front.to_string()));
+    }
+    vars
+}
+
 fn container(tenant: &Tenant, settings: &Settings, tool_secrets: bool) -> Container {
     let runtime = tenant.spec.runtime.clone().unwrap_or_default();
+    let tuning = tuning_env(&runtime);
     let image = runtime
         .image
         .unwrap_or_else(|| settings.runtime_image.clone());
@@ -125,40 +139,45 @@ fn container(tenant: &Tenant, settings: &Settings, tool_secrets: bool) -> Contai
             protocol: Some("TCP".to_owned()),
             ..ContainerPort::default()
         }]),
-        env: Some(vec![
-            EnvVar {
-                name: "AGENTRY_DATABASE_URL".to_owned(),
-                value: None,
-                value_from: Some(EnvVarSource {
-                    secret_key_ref: Some(SecretKeySelector {
-                        name: CREDENTIALS_SECRET.to_owned(),
-                        key: DATABASE_URL_KEY.to_owned(),
-                        optional: Some(false),
+        env: Some(
+            [
+                EnvVar {
+                    name: "AGENTRY_DATABASE_URL".to_owned(),
+                    value: None,
+                    value_from: Some(EnvVarSource {
+                        secret_key_ref: Some(SecretKeySelector {
+                            name: CREDENTIALS_SECRET.to_owned(),
+                            key: DATABASE_URL_KEY.to_owned(),
+                            optional: Some(false),
+                        }),
+                        ..EnvVarSource::default()
                     }),
-                    ..EnvVarSource::default()
-                }),
-            },
-            env("AGENTRY_NATS_URL", settings.nats_url.clone()),
-            env("AGENTRY_LISTEN", format!("0.0.0.0:{HTTP_PORT}")),
-            env(
-                "AGENTRY_RATE_LIMIT_SHARDS",
-                rate_limit_shards(tenant).to_string(),
-            ),
-            env("AGENTRY_PROVIDER_SECRETS_DIR", PROVIDER_KEYS_DIR),
-            env("AGENTRY_SECRETS_DIR", TOOL_SECRETS_DIR),
-            env("AGENTRY_LOG_JSON", "true"),
-            EnvVar {
-                name: "AGENTRY_REPLICA_ID".to_owned(),
-                value: None,
-                value_from: Some(EnvVarSource {
-                    field_ref: Some(ObjectFieldSelector {
-                        field_path: "metadata.name".to_owned(),
-                        api_version: None,
+                },
+                env("AGENTRY_NATS_URL", settings.nats_url.clone()),
+                env("AGENTRY_LISTEN", format!("0.0.0.0:{HTTP_PORT}")),
+                env(
+                    "AGENTRY_RATE_LIMIT_SHARDS",
+                    rate_limit_shards(tenant).to_string(),
+                ),
+                env("AGENTRY_PROVIDER_SECRETS_DIR", PROVIDER_KEYS_DIR),
+                env("AGENTRY_SECRETS_DIR", TOOL_SECRETS_DIR),
+                env("AGENTRY_LOG_JSON", "true"),
+                EnvVar {
+                    name: "AGENTRY_REPLICA_ID".to_owned(),
+                    value: None,
+                    value_from: Some(EnvVarSource {
+                        field_ref: Some(ObjectFieldSelector {
+                            field_path: "metadata.name".to_owned(),
+                            api_version: None,
+                        }),
+                        ..EnvVarSource::default()
                     }),
-                    ..EnvVarSource::default()
-                }),
-            },
-        ]),
+                },
+            ]
+            .into_iter()
+            .chain(tuning)
+            .collect(),
+        ),
         resources: Some(runtime.resources.unwrap_or_else(default_resources)),
         liveness_probe: Some(probe("/healthz", 10)),
         readiness_probe: Some(probe("/readyz", 5)),
@@ -439,6 +458,9 @@ mod tests {
             "nats://nats.agentry-system.svc:4222"
         );
         assert_eq!(env_value(c, "AGENTRY_RATE_LIMIT_SHARDS").unwrap(), "1");
+        // Unset in the Tenant: the runtime's own defaults apply.
+        assert_eq!(env_value(c, "AGENTRY_MAX_IN_FLIGHT"), None);
+        assert_eq!(env_value(c, "AGENTRY_HTTP_FRONT_THREAD"), None);
         let db = c
             .env
             .as_ref()
@@ -527,6 +549,8 @@ mod tests {
             Some("registry.example/agentry-runtime:custom")
         );
         assert_eq!(env_value(c, "AGENTRY_RATE_LIMIT_SHARDS").unwrap(), "6");
+        assert_eq!(env_value(c, "AGENTRY_MAX_IN_FLIGHT").unwrap(), "64");
+        assert_eq!(env_value(c, "AGENTRY_HTTP_FRONT_THREAD").unwrap(), "true");
         let requests = c.resources.clone().unwrap().requests.unwrap();
         assert_eq!(requests["cpu"], Quantity("250m".to_owned()));
         let hpa = autoscaler(&owner, &t).unwrap().spec.unwrap();
