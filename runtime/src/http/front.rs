@@ -19,17 +19,30 @@ use axum::response::{IntoResponse, Response};
 use axum::serve::ListenerExt as _;
 use tokio::runtime::Handle;
 use tokio::sync::oneshot;
+use tokio::task::AbortHandle;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt as _;
 
 use crate::error::ApiError;
 
+/// Aborts a request's task when the connection waiting for it goes away, as dropping the
+/// handler's future does without the front thread (a finished task ignores it).
+struct AbortOnDrop(AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// A router for the front thread that runs every request through `app` on the `work`
-/// runtime, the response's body included (it is polled where the connection lives).
+/// runtime (the response's body is polled where the connection lives).
 pub fn forward(app: Router, work: Handle) -> Router {
     let service = tower::service_fn(move |request: Request| {
         let task = work.spawn(app.clone().oneshot(request));
+        let abort = AbortOnDrop(task.abort_handle());
         async move {
+            let _abort = abort;
             let response = match task.await {
                 Ok(Ok(response)) => response,
                 Ok(Err(never)) => match never {},
