@@ -19,7 +19,8 @@
 # admitted latency, how many requests were shed (503) and how fast.
 #
 # Knobs: BENCH_REQUESTS (default 5000 per run), BENCH_CONCURRENCY ("1 16 64"),
-# BENCH_STREAM (1: also measure SSE time to first token), BENCH_WS_SOCKETS (10000; 0 skips),
+# BENCH_STREAM (1: also measure SSE time to first token), BENCH_STREAM_CONCURRENCY (the
+# streamed runs' concurrencies, "1 16 64"), BENCH_WS_SOCKETS (10000; 0 skips),
 # BENCH_AGENT_CONCURRENCY (16: one run with an `agent/<name>` model; 0 skips),
 # BENCH_PG_OPTIONS (query options for the runtime's database URL, e.g. sslmode=disable),
 # BENCH_NICE (-15: the nice value of the benchmark's processes; 0 leaves it),
@@ -36,6 +37,7 @@ out="$target_dir/bench"
 requests="${BENCH_REQUESTS:-5000}"
 concurrencies="${BENCH_CONCURRENCY:-1 16 64}"
 stream="${BENCH_STREAM:-1}"
+stream_concurrencies="${BENCH_STREAM_CONCURRENCY:-1 16 64}"
 ws_sockets="${BENCH_WS_SOCKETS:-10000}"
 overload_secs="${BENCH_OVERLOAD_SECS:-5}"
 agent_concurrency="${BENCH_AGENT_CONCURRENCY:-16}"
@@ -203,10 +205,12 @@ for c in $concurrencies; do
   run "runtime-c$c" "$runtime_url" "$key" "$c" --pid "$runtime_pid"
 done
 if [ "$stream" = 1 ]; then
-  echo "bench: streaming, concurrency 1" >&2
-  settle
-  run "direct-stream-c1" "$mock_url" "$upstream_key" 1 --stream
-  run "runtime-stream-c1" "$runtime_url" "$key" 1 --stream --pid "$runtime_pid"
+  for c in $stream_concurrencies; do
+    echo "bench: streaming, concurrency $c" >&2
+    settle
+    run "direct-stream-c$c" "$mock_url" "$upstream_key" "$c" --stream
+    run "runtime-stream-c$c" "$runtime_url" "$key" "$c" --stream --pid "$runtime_pid"
+  done
 fi
 
 if [ "$agent_concurrency" != 0 ]; then
@@ -290,18 +294,20 @@ for c, r in rows:
         busy = s["cpu_ms"] / 1000 / r["seconds"]
         print(f"{c:>5}{s['cpu_us_per_request']:>16.1f}{busy:>10.0%}{s['runqueue_wait_ms']:>19.0f}"
               f"{1e6 / max(s['cpu_us_per_request'], 1e-9):>25.0f}")
-try:
-    d, t = load("direct-stream-c1"), load("runtime-stream-c1")
+streamed = sorted(int(f.rsplit("-c", 1)[1].split(".")[0])
+                  for f in glob.glob(os.path.join(out, "runtime-stream-c*.json")))
+if streamed:
     print()
-    print(f"{'SSE first data: chunk':<22}{'p50 ms':>9}{'p90 ms':>9}{'p99 ms':>9}")
+    print(f"{'SSE first data: chunk':<22}{'conc':>5}{'req/s':>10}{'p50 ms':>9}{'p90 ms':>9}{'p99 ms':>9}")
+for c in streamed:
+    d, t = load(f"direct-stream-c{c}"), load(f"runtime-stream-c{c}")
     for name, r in (("direct", d), ("runtime", t)):
         f = r["ttft_ms"] or {}
-        print(f"{name:<22}{f.get('p50', 0):>9.3f}{f.get('p90', 0):>9.3f}{f.get('p99', 0):>9.3f}")
+        print(f"{name:<22}{c:>5}{r['rps']:>10.0f}{f.get('p50', 0):>9.3f}{f.get('p90', 0):>9.3f}"
+              f"{f.get('p99', 0):>9.3f}")
     if d["ttft_ms"] and t["ttft_ms"]:
-        print(f"{'added by runtime':<22}" + "".join(
+        print(f"{'  added by runtime':<22}{c:>5}{'':>10}" + "".join(
             f"{t['ttft_ms'][p] - d['ttft_ms'][p]:>9.3f}" for p in ("p50", "p90", "p99")))
-except FileNotFoundError:
-    pass
 for f in sorted(glob.glob(os.path.join(out, "runtime-agent-c*.json"))):
     r = json.load(open(f))
     c = int(f.rsplit("-c", 1)[1].split(".")[0])

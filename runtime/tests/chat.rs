@@ -1016,3 +1016,74 @@ async fn a_turn_writes_each_message_with_its_usage_and_events(admin: PgPool) {
     }
     h.cleanup().await;
 }
+
+/// An agent model of the OpenAI-compatible surface answers from the request's messages as
+/// stored (user and assistant text), cut to the agent's memory window, as a later turn reads
+/// them back from the conversation.
+#[sqlx::test(migrator = "agentry_runtime::db::MIGRATOR")]
+async fn an_agent_model_sees_the_request_within_its_memory_window(admin: PgPool) {
+    let mock = MockLlm::start(MockConfig::default()).await.unwrap();
+    let s = setup_with(admin, None, |acme| {
+        let local = acme.tenant.providers.get_mut("local").unwrap();
+        local.type_ = agentry_crds::tenant::ProviderType::Openai;
+        local.base_url = Some(mock.base_url());
+        acme.agents.get_mut("general").unwrap().memory_window = 3;
+    })
+    .await;
+    let request = json!({"model": "agent/general", "messages": [
+        {"role": "system", "content": "Be terse."},
+        {"role": "user", "content": "one"},
+        {"role": "assistant", "content": "two"},
+        {"role": "tool", "tool_call_id": "x", "content": "dropped"},
+        {"role": "user", "content": "three"},
+        {"role": "assistant", "content": "four"},
+        {"role": "user", "content": "five"}]});
+    let a = s.post(&s.acme, "/v1/chat/completions", request).await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+    let seen = |sent: Value| -> Vec<(String, String)> {
+        sent["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|m| m["role"] != "system")
+            .map(|m| {
+                (
+                    m["role"].as_str().unwrap().to_owned(),
+                    m["content"].as_str().unwrap_or_default().to_owned(),
+                )
+            })
+            .collect()
+    };
+    let pair = |role: &str, content: &str| (role.to_owned(), content.to_owned());
+    assert_eq!(
+        seen(mock.last_request().unwrap()),
+        [
+            pair("user", "three"),
+            pair("assistant", "four"),
+            pair("user", "five")
+        ]
+    );
+
+    // The next turn reads the same conversation back from the database.
+    let answer = a.body["choices"][0]["message"]["content"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let conversation: uuid::Uuid = sqlx::query_scalar(
+        "select id from agentry.conversations where metadata ->> 'source' = 'openai'",
+    )
+    .fetch_one(&s.h.admin)
+    .await
+    .unwrap();
+    let next = s.say(&conversation.to_string(), "six").await;
+    assert_eq!(next.status, StatusCode::OK, "{}", next.body);
+    assert_eq!(
+        seen(mock.last_request().unwrap()),
+        [
+            pair("user", "five"),
+            pair("assistant", &answer),
+            pair("user", "six")
+        ]
+    );
+    s.h.cleanup().await;
+}

@@ -25,7 +25,7 @@ use uuid::Uuid;
 use crate::error::ApiError;
 use crate::events::{self, NewEvent};
 use crate::gateway::Caller;
-use crate::llm::{Completion, ToolCall};
+use crate::llm::{Completion, Message, ToolCall};
 use crate::state::AppState;
 use crate::tools::{ControlAction, ToolContext, ToolOutcome};
 use store::NewMessage;
@@ -144,6 +144,9 @@ pub struct Turn {
     result: TurnResult,
     /// The assistant message whose tool calls are being run (an approval points at it).
     asked_in: Uuid,
+    /// The conversation as the caller just stored it, for the first model call instead of
+    /// reading it back (see [`Turn::with_history`]).
+    history: Option<Vec<Message>>,
 }
 
 enum Next {
@@ -173,7 +176,17 @@ impl Turn {
                 ..TurnResult::default()
             },
             asked_in: Uuid::nil(),
+            history: None,
         }
+    }
+
+    /// Starts from `history`, the messages the caller has just stored as the whole
+    /// conversation (oldest first, no tool messages), instead of reading the memory window
+    /// back for the first model call: one round trip less for a conversation opened by this
+    /// request.
+    pub fn with_history(mut self, history: Vec<Message>) -> Self {
+        self.history = Some(history);
+        self
     }
 
     fn send(&self, event: TurnEvent) {
@@ -202,15 +215,25 @@ impl Turn {
         let mut iterations = 0u32;
         loop {
             let agent = self.agent()?;
-            let history = store::window(
-                &self.state,
-                self.caller.tenant.id,
-                self.conversation,
-                agent.memory_window,
-            )
-            .await?;
+            let history = match self.history.take() {
+                Some(mut stored) => {
+                    let window = usize::try_from(agent.memory_window.max(1)).unwrap_or(usize::MAX);
+                    stored.drain(..stored.len().saturating_sub(window));
+                    stored
+                }
+                None => store::window(
+                    &self.state,
+                    self.caller.tenant.id,
+                    self.conversation,
+                    agent.memory_window,
+                )
+                .await?
+                .iter()
+                .map(StoredMessage::to_llm)
+                .collect(),
+            };
             let with_tools = iterations < agent.max_tool_iterations;
-            let request = prompt::request(&self.bundle, &agent, &self.caller, &history, with_tools);
+            let request = prompt::request(&self.bundle, &agent, &self.caller, history, with_tools);
             let started = Instant::now();
             let completion = self.call_model(&agent, &request).await?;
             let latency = i32::try_from(started.elapsed().as_millis()).unwrap_or(i32::MAX);

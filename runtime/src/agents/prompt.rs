@@ -5,7 +5,6 @@ use agentry_crds::RuntimeBundle;
 use agentry_crds::bundle::CompiledAgent;
 use serde_json::json;
 
-use super::store::StoredMessage;
 use crate::gateway::Caller;
 use crate::llm::{ChatRequest, Message, ToolDefinition};
 
@@ -67,7 +66,7 @@ pub fn request(
     bundle: &RuntimeBundle,
     agent: &CompiledAgent,
     caller: &Caller,
-    history: &[StoredMessage],
+    history: Vec<Message>,
     with_tools: bool,
 ) -> ChatRequest {
     let mut messages = Vec::with_capacity(history.len() + 1);
@@ -75,7 +74,7 @@ pub fn request(
     if !system.is_empty() {
         messages.push(Message::system(system));
     }
-    messages.extend(history.iter().map(StoredMessage::to_llm));
+    messages.extend(history);
     ChatRequest {
         messages,
         tools: if with_tools {

@@ -149,6 +149,22 @@ fn key_id(caller: &Caller) -> Option<Uuid> {
     }
 }
 
+/// The `message.created` event of message `id`.
+fn message_event(
+    caller: &Caller,
+    conversation: Uuid,
+    id: Uuid,
+    role: &str,
+    agent: Option<&str>,
+) -> NewEvent {
+    NewEvent::new(
+        "message.created",
+        json!({"conversationId": conversation, "messageId": id, "role": role, "agent": agent}),
+    )
+    .subject(conversation.to_string())
+    .actor(caller.actor())
+}
+
 /// The `usage.recorded` event of the usage row `id`.
 fn usage_event(caller: &Caller, id: Uuid, conversation: Option<Uuid>, c: &Completion) -> NewEvent {
     NewEvent::new(
@@ -181,12 +197,7 @@ pub async fn insert_message(
     let c = m.completion;
     let traceparent = crate::telemetry::current_traceparent();
     let mut events = vec![EventRow::new(
-        NewEvent::new(
-            "message.created",
-            json!({"conversationId": conversation, "messageId": id, "role": m.role, "agent": m.agent}),
-        )
-        .subject(conversation.to_string())
-        .actor(caller.actor()),
+        message_event(caller, conversation, id, m.role, m.agent),
         traceparent.clone(),
     )];
     let usage_id = c.map(|c| {
@@ -283,7 +294,11 @@ macro_rules! conversation_columns {
 /// Columns of [`Conversation`].
 pub const CONVERSATION_COLUMNS: &str = conversation_columns!();
 
-/// A conversation and its events (none or `conversation.created`), in one statement.
+/// A conversation, its opening messages (`$9`, a JSON array of [`OpeningRow`]s) and their
+/// events (`$8`: `conversation.created` when asked for, `message.created` for each message),
+/// in one statement. The ids are UUIDv7s made in the messages' order: sorted by id, the
+/// messages take `clock_timestamp()` in that order (PostgreSQL evaluates volatile output
+/// after the sort), and the id breaks ties of equal timestamps the same way.
 const INSERT_CONVERSATION: &str = concat!(
     "with conversation as (
        insert into agentry.conversations (tenant_id, id, agent, user_id, title, metadata, workflow)
@@ -291,12 +306,39 @@ const INSERT_CONVERSATION: &str = concat!(
        returning ",
     conversation_columns!(),
     "),
+     opening as (
+       insert into agentry.messages (tenant_id, id, conversation_id, role, content, agent,
+         created_at)
+       select $1, m.id, $2, m.role, m.content, m.agent, clock_timestamp()
+         from jsonb_to_recordset($9) as m(id uuid, role text, content text, agent text)
+        order by m.id),
      ",
     crate::events::outbox_ctes!("$1", "$8"),
     " select conversation.*, ",
     crate::events::notify_outbox!(),
     " as notified from conversation"
 );
+
+/// A message a conversation starts with: text from the caller or the request, without tool
+/// calls or a model call of its own.
+#[derive(Debug, Clone, Copy)]
+pub struct OpeningMessage<'a> {
+    /// `user` or `assistant`.
+    pub role: &'a str,
+    /// Text.
+    pub content: &'a str,
+    /// The agent serving the conversation.
+    pub agent: Option<&'a str>,
+}
+
+/// An [`OpeningMessage`] as an element of the statement's JSON array.
+#[derive(Serialize)]
+struct OpeningRow<'a> {
+    id: Uuid,
+    role: &'a str,
+    content: &'a str,
+    agent: Option<&'a str>,
+}
 
 /// A conversation to create.
 #[derive(Debug, Default)]
@@ -313,12 +355,13 @@ pub struct NewConversation<'a> {
     /// `userId`; `None` records no event.
     pub event: Option<Value>,
     /// Messages it starts with, stored in order.
-    pub messages: &'a [NewMessage<'a>],
+    pub messages: &'a [OpeningMessage<'a>],
 }
 
 /// Inserts a conversation owned by `caller` (its end user, if any), its
-/// `conversation.created` event when `new.event` is set, and its first messages: one
-/// statement for the conversation and one per message, so call it in a transaction.
+/// `conversation.created` event when `new.event` is set, and its opening messages with their
+/// `message.created` events. One statement: atomic on its own, so it needs no transaction
+/// (see [`crate::db::Db::statement`]).
 pub async fn create_conversation(
     conn: &mut PgConnection,
     caller: &Caller,
@@ -326,25 +369,39 @@ pub async fn create_conversation(
 ) -> Result<Conversation, sqlx::Error> {
     let id = Uuid::now_v7();
     let empty = json!({});
-    let events: Vec<EventRow> = new
-        .event
-        .as_ref()
-        .map(|fields| {
-            let mut payload = json!({"conversationId": id, "agent": new.agent,
-                                     "userId": caller.user_id()});
-            if let (Some(payload), Some(fields)) = (payload.as_object_mut(), fields.as_object()) {
-                payload.extend(fields.clone());
-            }
-            EventRow::new(
-                NewEvent::new("conversation.created", payload)
-                    .subject(id.to_string())
-                    .actor(caller.actor()),
-                crate::telemetry::current_traceparent(),
-            )
+    let traceparent = crate::telemetry::current_traceparent();
+    let mut events: Vec<EventRow> = Vec::with_capacity(new.messages.len() + 1);
+    if let Some(fields) = &new.event {
+        let mut payload = json!({"conversationId": id, "agent": new.agent,
+                                 "userId": caller.user_id()});
+        if let (Some(payload), Some(fields)) = (payload.as_object_mut(), fields.as_object()) {
+            payload.extend(fields.clone());
+        }
+        events.push(EventRow::new(
+            NewEvent::new("conversation.created", payload)
+                .subject(id.to_string())
+                .actor(caller.actor()),
+            traceparent.clone(),
+        ));
+    }
+    let opening: Vec<OpeningRow<'_>> = new
+        .messages
+        .iter()
+        .map(|m| {
+            let row = OpeningRow {
+                id: Uuid::now_v7(),
+                role: m.role,
+                content: m.content,
+                agent: m.agent,
+            };
+            events.push(EventRow::new(
+                message_event(caller, id, row.id, m.role, m.agent),
+                traceparent.clone(),
+            ));
+            row
         })
-        .into_iter()
         .collect();
-    let conversation: Conversation = sqlx::query_as(INSERT_CONVERSATION)
+    sqlx::query_as(INSERT_CONVERSATION)
         .bind(caller.tenant.id.0)
         .bind(id)
         .bind(new.agent)
@@ -353,12 +410,9 @@ pub async fn create_conversation(
         .bind(new.metadata.unwrap_or(&empty))
         .bind(new.workflow)
         .bind(Json(&events))
+        .bind(Json(&opening))
         .fetch_one(&mut *conn)
-        .await?;
-    for m in new.messages {
-        insert_message(&mut *conn, caller, id, m).await?;
-    }
-    Ok(conversation)
+        .await
 }
 
 /// The conversation `id` when `caller` may see it: its tenant's (RLS) and, for an end user,

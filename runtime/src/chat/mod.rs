@@ -145,9 +145,9 @@ async fn create_conversation(
     if !metadata.is_object() {
         return Err(ApiError::invalid("metadata must be a JSON object"));
     }
-    let mut tx = state.db.begin(caller.tenant.id).await?;
+    let mut statement = state.db.statement(caller.tenant.id).await?;
     let conversation = store::create_conversation(
-        &mut tx,
+        statement.conn(),
         &caller,
         &NewConversation {
             agent: agent.as_deref(),
@@ -159,7 +159,7 @@ async fn create_conversation(
         },
     )
     .await?;
-    tx.commit().await?;
+    statement.finish().await?;
     Ok((StatusCode::CREATED, Json(conversation)))
 }
 

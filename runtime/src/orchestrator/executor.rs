@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 use super::engine::{NodeExecutor, Work, WorkCall};
-use crate::agents::store::{self, NewConversation, NewMessage};
+use crate::agents::store::{self, NewConversation, OpeningMessage};
 use crate::agents::{Turn, meter};
 use crate::gateway::Caller;
 use crate::llm::{ChatRequest, Message, Role};
@@ -159,11 +159,10 @@ impl LiveExecutor {
                 title: Some(&format!("workflow run {} / {}", call.run_id, call.node)),
                 metadata: Some(&metadata),
                 event: Some(json!({"workflowRunId": call.run_id})),
-                messages: &[NewMessage {
+                messages: &[OpeningMessage {
                     role: "user",
                     content: prompt,
                     agent: Some(agent),
-                    ..NewMessage::default()
                 }],
                 ..NewConversation::default()
             },

@@ -14,7 +14,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use uuid::Uuid;
 
-use crate::agents::store::{self, NewConversation, NewMessage};
+use crate::agents::store::{self, NewConversation, OpeningMessage};
 use crate::agents::{Turn, TurnEvent, meter};
 use crate::error::{ApiError, ApiResult};
 use crate::gateway::{Caller, Scope};
@@ -112,7 +112,7 @@ async fn completions(
         None
     };
     if let Some(agent) = agent {
-        let conversation = start_conversation(&state, &caller, agent, &messages).await?;
+        let (conversation, history) = start_conversation(&state, &caller, agent, &messages).await?;
         let agent = agent.to_owned();
         if let Some(permit) = permit {
             let (tx, rx) = mpsc::unbounded_channel::<TurnEvent>();
@@ -120,6 +120,7 @@ async fn completions(
             tokio::spawn(async move {
                 let _permit = permit;
                 let result = Turn::new(state, caller, conversation, agent, Some(tx))
+                    .with_history(history)
                     .run()
                     .await;
                 let _ = done_tx.send(result.map(|r| sse::Finished::text(r.usage)));
@@ -128,6 +129,7 @@ async fn completions(
             return sse::respond(chunks, rx, done_rx).await;
         }
         let result = Turn::new(state, caller, conversation, agent, None)
+            .with_history(history)
             .run()
             .await?;
         let content = match (&result.message, &result.approval) {
@@ -187,41 +189,48 @@ async fn metered(
     Ok(c)
 }
 
-/// A conversation holding the request's messages, for the agent loop to answer.
+/// A conversation holding the request's messages, for the agent loop to answer; returns it
+/// with those messages as the model is to see them.
 async fn start_conversation(
     state: &AppState,
     caller: &Caller,
     agent: &str,
     messages: &[Message],
-) -> Result<Uuid, ApiError> {
+) -> Result<(Uuid, Vec<Message>), ApiError> {
     // The agent brings its own system prompt and runs its own tools: only the text of user
     // and assistant messages is stored (a client's tool messages would answer calls the
     // conversation never made).
-    let kept: Vec<NewMessage<'_>> = messages
+    let kept: Vec<&Message> = messages
         .iter()
         .filter(|m| matches!(m.role, Role::User | Role::Assistant))
         .filter(|m| m.role == Role::User || !m.content.is_empty())
-        .map(|m| NewMessage {
+        .collect();
+    let opening: Vec<OpeningMessage<'_>> = kept
+        .iter()
+        .map(|m| OpeningMessage {
             role: m.role.as_str(),
             content: &m.content,
             agent: Some(agent),
-            ..NewMessage::default()
         })
         .collect();
-    let mut tx = state.db.begin(caller.tenant.id).await?;
+    let mut statement = state.db.statement(caller.tenant.id).await?;
     let conversation = store::create_conversation(
-        &mut tx,
+        statement.conn(),
         caller,
         &NewConversation {
             agent: Some(agent),
             metadata: Some(&json!({"source": "openai"})),
-            messages: &kept,
+            messages: &opening,
             ..NewConversation::default()
         },
     )
     .await?;
-    tx.commit().await?;
-    Ok(conversation.id)
+    statement.finish().await?;
+    let history = kept
+        .into_iter()
+        .map(|m| Message::new(m.role, m.content.clone()))
+        .collect();
+    Ok((conversation.id, history))
 }
 
 fn completion_body(id: &str, model: &str, content: &str, finished: &sse::Finished) -> Value {
