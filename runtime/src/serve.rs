@@ -202,12 +202,7 @@ impl Runtime {
         let server: Pin<Box<dyn Future<Output = std::io::Result<()>> + Send>> = if common
             .http_front_thread
         {
-            let state = &self.state;
-            let front = http::front::forward(
-                http::handlers(state.clone(), config),
-                tokio::runtime::Handle::current(),
-            );
-            let front = http::admitted(front, state, config);
+            let front = http::front::app(&self.state, config, tokio::runtime::Handle::current());
             let done = http::front::spawn(listener.into_std()?, front, shutdown.clone())
                 .context("starting the HTTP front thread")?;
             Box::pin(async move {

@@ -151,7 +151,7 @@ fn status_of(mut tcp: std::net::TcpStream) -> u16 {
 /// by the workers.
 #[sqlx::test(migrator = "agentry_runtime::db::MIGRATOR")]
 async fn the_front_thread_refuses_while_the_workers_are_busy(admin: PgPool) {
-    use agentry_runtime::http::{admitted, front, handlers};
+    use agentry_runtime::http::front;
 
     let mut h = Harness::new(admin).await;
     let db = h.shared_db().await;
@@ -161,11 +161,7 @@ async fn the_front_thread_refuses_while_the_workers_are_busy(admin: PgPool) {
         ..HttpConfig::default()
     };
     // The workers are this test's own (single-threaded) runtime.
-    let app = front::forward(
-        handlers(state.clone(), config),
-        tokio::runtime::Handle::current(),
-    );
-    let app = admitted(app, &state, config);
+    let app = front::app(&state, config, tokio::runtime::Handle::current());
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     listener.set_nonblocking(true).unwrap();
     let addr = listener.local_addr().unwrap();

@@ -10,7 +10,7 @@ use uuid::Uuid;
 
 use crate::error::ApiError;
 use crate::events::{self, EventRow, NewEvent};
-use crate::gateway::{Caller, Principal};
+use crate::gateway::Caller;
 use crate::llm::{Completion, Message, Role, ToolCall};
 use crate::state::AppState;
 use crate::tenancy::TenantId;
@@ -141,14 +141,6 @@ fn tokens(n: u32) -> i32 {
     i32::try_from(n).unwrap_or(i32::MAX)
 }
 
-/// The API key a usage row is charged to.
-fn key_id(caller: &Caller) -> Option<Uuid> {
-    match &caller.principal {
-        Principal::ApiKey { id } => Some(*id),
-        Principal::User { .. } => None,
-    }
-}
-
 /// The `message.created` event of message `id`.
 fn message_event(
     caller: &Caller,
@@ -223,7 +215,7 @@ pub async fn insert_message(
         .bind(c.map_or(0, |c| c.cost_micros))
         .bind(m.latency_ms)
         .bind(usage_id)
-        .bind(key_id(caller))
+        .bind(caller.key_id())
         .bind(caller.user_id())
         .bind(Json(&events))
         .fetch_one(&mut *conn)
@@ -245,7 +237,7 @@ pub async fn record_usage(
     sqlx::query(INSERT_USAGE)
         .bind(caller.tenant.id.0)
         .bind(id)
-        .bind(key_id(caller))
+        .bind(caller.key_id())
         .bind(caller.user_id())
         .bind(&c.model)
         .bind(tokens(c.usage.input_tokens))

@@ -23,7 +23,7 @@ use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
 use crate::db::{Db, DbError};
-use crate::gateway::{Caller, Principal};
+use crate::gateway::Caller;
 use crate::llm::Completion;
 use crate::tenancy::TenantId;
 
@@ -85,10 +85,7 @@ impl UsageRow {
         Self {
             tenant: caller.tenant.id,
             id: Uuid::now_v7(),
-            key_id: match &caller.principal {
-                Principal::ApiKey { id } => Some(*id),
-                Principal::User { .. } => None,
-            },
+            key_id: caller.key_id(),
             user_id: caller.user_id().map(str::to_owned),
             actor: caller.actor(),
             model: c.model.clone(),

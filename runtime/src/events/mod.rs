@@ -207,30 +207,20 @@ pub async fn emit_unsignalled(
     insert(conn, tenant, event, INSERT).await
 }
 
-/// The audit row, as a common table expression `event (tenant_id, id)`.
-macro_rules! event_row {
-    () => {
-        "with event as (
-           insert into agentry.events (tenant_id, id, type, version, subject, actor, data, traceparent)
-           values ($1, $2, $3, $4, $5, $6, $7, $8)
-           returning tenant_id, id)"
-    };
-}
-
 /// The audit row and its outbox entry, in one statement.
 const INSERT: &str = concat!(
-    event_row!(),
-    " insert into agentry.event_outbox (tenant_id, event_id) select tenant_id, id from event"
+    "with ",
+    outbox_ctes!("$1", "$2"),
+    " select count(*) from written_outbox"
 );
 
 /// [`INSERT`], and a notification to the relay (sent by PostgreSQL when the transaction
 /// commits, dropped if it rolls back).
 const INSERT_AND_NOTIFY: &str = concat!(
-    event_row!(),
-    ", outbox as (
-       insert into agentry.event_outbox (tenant_id, event_id) select tenant_id, id from event
-       returning event_id)
-     select pg_notify('agentry_outbox', '') from outbox"
+    "with ",
+    outbox_ctes!("$1", "$2"),
+    " select ",
+    notify_outbox!()
 );
 
 async fn insert(
@@ -239,17 +229,11 @@ async fn insert(
     event: NewEvent,
     statement: &'static str,
 ) -> Result<Uuid, sqlx::Error> {
-    let id = Uuid::now_v7();
-    let traceparent = crate::telemetry::current_traceparent();
+    let row = EventRow::new(event, crate::telemetry::current_traceparent());
+    let id = row.id;
     sqlx::query(statement)
         .bind(tenant.0)
-        .bind(id)
-        .bind(event.type_)
-        .bind(event.version)
-        .bind(&event.subject)
-        .bind(&event.actor)
-        .bind(&event.data)
-        .bind(traceparent)
+        .bind(sqlx::types::Json([row]))
         .execute(&mut *conn)
         .await?;
     Ok(id)

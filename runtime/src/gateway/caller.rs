@@ -114,6 +114,14 @@ impl Caller {
         }
     }
 
+    /// The API key's row id when the caller is one (what usage rows are charged to).
+    pub fn key_id(&self) -> Option<Uuid> {
+        match &self.principal {
+            Principal::ApiKey { id } => Some(*id),
+            Principal::User { .. } => None,
+        }
+    }
+
     /// The end user's id when the caller is one.
     pub fn user_id(&self) -> Option<&str> {
         match &self.principal {

@@ -23,7 +23,9 @@ use tokio::task::AbortHandle;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt as _;
 
+use super::HttpConfig;
 use crate::error::ApiError;
+use crate::state::AppState;
 
 /// Aborts a request's task when the connection waiting for it goes away, as dropping the
 /// handler's future does without the front thread (a finished task ignores it).
@@ -35,9 +37,19 @@ impl Drop for AbortOnDrop {
     }
 }
 
+/// The application for the front thread: admission there, everything else on the `work`
+/// runtime.
+pub fn app(state: &AppState, config: HttpConfig, work: Handle) -> Router {
+    super::admitted(
+        forward(super::handlers(state.clone(), config), work),
+        state,
+        config,
+    )
+}
+
 /// A router for the front thread that runs every request through `app` on the `work`
 /// runtime (the response's body is polled where the connection lives).
-pub fn forward(app: Router, work: Handle) -> Router {
+fn forward(app: Router, work: Handle) -> Router {
     let service = tower::service_fn(move |request: Request| {
         let task = work.spawn(app.clone().oneshot(request));
         let abort = AbortOnDrop(task.abort_handle());

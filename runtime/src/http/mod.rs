@@ -120,7 +120,7 @@ pub fn app(state: AppState, config: HttpConfig) -> Router {
 }
 
 /// The application without admission (see [`admitted`]).
-pub fn handlers(state: AppState, config: HttpConfig) -> Router {
+pub(crate) fn handlers(state: AppState, config: HttpConfig) -> Router {
     let (api, openapi) = api_router(&state, config).split_for_parts();
     let openapi = std::sync::Arc::new(openapi);
     Router::new()
@@ -146,7 +146,7 @@ pub fn handlers(state: AppState, config: HttpConfig) -> Router {
 /// `app` behind the cap on requests in progress, when `config.max_in_flight` sets one. It goes
 /// outermost: a shed request costs no request id, span, metric lookup, route match,
 /// authentication or timer (see `shed`).
-pub fn admitted(app: Router, state: &AppState, config: HttpConfig) -> Router {
+pub(crate) fn admitted(app: Router, state: &AppState, config: HttpConfig) -> Router {
     if config.max_in_flight == 0 {
         return app;
     }
