@@ -25,8 +25,10 @@
 # BENCH_PG_OPTIONS (query options for the runtime's database URL, e.g. sslmode=disable),
 # BENCH_NICE (-15: the nice value of the benchmark's processes; 0 leaves it),
 # BENCH_PIN_SERVICES (0; 1 moves the running PostgreSQL and NATS to the load's core),
-# BENCH_OVERLOAD_SECS (5; 0 skips), BENCH_MAX_IN_FLIGHT (the runtime's shedding cap for the
-# closed-loop runs, 1024), BENCH_OVERLOAD_MAX_IN_FLIGHT (the cap for the overload run, 16),
+# BENCH_OVERLOAD_SECS (5; 0 skips), BENCH_OVERLOAD_RATE (req/s offered in the overload run;
+# default 1.5x the best closed-loop throughput measured), BENCH_MAX_IN_FLIGHT (the runtime's
+# shedding cap for the closed-loop runs, 1024), BENCH_OVERLOAD_MAX_IN_FLIGHT (the cap for the
+# overload run, 16),
 # BENCH_FRONT_THREAD (the runtime's --http-front-thread, true or false; default false),
 # CARGO_TARGET_DIR.
 set -euo pipefail
@@ -239,7 +241,7 @@ if [ "$overload_secs" != 0 ]; then
   # 1.5x the best closed-loop throughput through the runtime, as a fixed arrival rate.
   capacity=$(python3 -c 'import json,sys; print(max(json.load(open(f)).get("rps", 0) for f in sys.argv[1:]))' \
     $(for c in $concurrencies; do echo "$out/runtime-c$c.json"; done))
-  rate=$(python3 -c "print(round(1.5 * $capacity))")
+  rate="${BENCH_OVERLOAD_RATE:-$(python3 -c "print(round(1.5 * $capacity))")}"
   # The floor: the same open loop against a mock on the runtime's core that refuses every
   # request at once (a `fail-503` model). What the load generator and the machine take to send
   # a request and read a refusal at this rate, to subtract from the runtime's refusals.

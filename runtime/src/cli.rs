@@ -25,6 +25,17 @@ pub enum Command {
     Migrate(MigrateArgs),
 }
 
+impl Command {
+    /// The options of a subcommand that serves (`serve`, `dev`).
+    pub fn common(&self) -> Option<&CommonArgs> {
+        match self {
+            Command::Serve(args) => Some(&args.common),
+            Command::Dev(args) => Some(&args.common),
+            Command::Migrate(_) => None,
+        }
+    }
+}
+
 /// Options shared by `serve` and `dev`.
 #[derive(Args, Debug, Clone)]
 pub struct CommonArgs {
@@ -65,6 +76,12 @@ pub struct CommonArgs {
     /// hand-off per admitted request. See docs/limits.md.
     #[arg(long, env = "AGENTRY_HTTP_FRONT_THREAD", default_value_t = false)]
     pub http_front_thread: bool,
+    /// With `--http-front-thread`: how many nice levels below the front thread the worker
+    /// threads run, so that the kernel runs the front thread first when both are ready (0-19;
+    /// 0 leaves them equal). See docs/limits.md.
+    #[arg(long, env = "AGENTRY_WORKER_NICE", default_value_t = 5,
+          value_parser = clap::value_parser!(u8).range(0..=19))]
+    pub worker_nice: u8,
     /// Largest request body in bytes.
     #[arg(long, env = "AGENTRY_MAX_BODY_BYTES", default_value_t = 1024 * 1024)]
     pub max_body_bytes: usize,

@@ -28,6 +28,21 @@ pub mod tools;
 
 use cli::{Cli, Command};
 
+/// The async runtime a subcommand runs on. With the HTTP front thread, its worker threads run
+/// `--worker-nice` levels below the front thread (docs/limits.md, "The front thread").
+pub fn tokio_runtime(cli: &Cli) -> std::io::Result<tokio::runtime::Runtime> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.enable_all();
+    if let Some(common) = cli.command.common()
+        && common.http_front_thread
+        && common.worker_nice > 0
+    {
+        let by = common.worker_nice;
+        builder.on_thread_start(move || http::front::lower_this_thread(by));
+    }
+    builder.build()
+}
+
 /// Runs one subcommand to completion.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();

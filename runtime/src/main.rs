@@ -7,10 +7,16 @@ use clap::Parser;
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
-#[tokio::main]
-async fn main() -> std::process::ExitCode {
+fn main() -> std::process::ExitCode {
     let cli = agentry_runtime::cli::Cli::parse();
-    match agentry_runtime::run(cli).await {
+    let runtime = match agentry_runtime::tokio_runtime(&cli) {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("agentry-runtime: starting the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(agentry_runtime::run(cli)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("agentry-runtime: {e:#}");

@@ -202,6 +202,8 @@ impl Runtime {
         let server: Pin<Box<dyn Future<Output = std::io::Result<()>> + Send>> = if common
             .http_front_thread
         {
+            // Spawned from here, the thread that runs `block_on` and not a worker thread, so it
+            // keeps the process's priority while the workers run below it (`--worker-nice`).
             let front = http::front::app(&self.state, config, tokio::runtime::Handle::current());
             let done = http::front::spawn(listener.into_std()?, front, shutdown.clone())
                 .context("starting the HTTP front thread")?;

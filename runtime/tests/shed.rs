@@ -217,3 +217,48 @@ async fn the_front_thread_refuses_while_the_workers_are_busy(admin: PgPool) {
     shutdown.cancel();
     stopped.await.unwrap().unwrap();
 }
+
+/// The nice value of the calling thread (field 19 of `/proc/thread-self/stat`).
+#[cfg(target_os = "linux")]
+fn nice_of_this_thread() -> i64 {
+    let stat = std::fs::read_to_string("/proc/thread-self/stat").unwrap();
+    // Fields after the command name (which may hold spaces) start at field 3.
+    let after_name = &stat[stat.rfind(')').unwrap() + 1..];
+    after_name
+        .split_whitespace()
+        .nth(19 - 3)
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+/// The nice values of a worker thread and of the thread that built the runtime (which serves,
+/// and so spawns the front thread).
+#[cfg(target_os = "linux")]
+fn worker_and_main_nice(args: &[&str]) -> (i64, i64) {
+    use clap::Parser as _;
+    let cli = agentry_runtime::cli::Cli::parse_from(args);
+    let runtime = agentry_runtime::tokio_runtime(&cli).unwrap();
+    let on_worker = runtime.block_on(async { tokio::spawn(async { nice_of_this_thread() }).await });
+    (on_worker.unwrap(), nice_of_this_thread())
+}
+
+/// With the front thread, the worker threads run `--worker-nice` levels below the thread that
+/// spawns the front thread, so the kernel runs the front thread first; without it they are
+/// left alone.
+#[cfg(target_os = "linux")]
+#[test]
+fn with_the_front_thread_the_workers_run_at_a_lower_priority() {
+    let (worker, main) = worker_and_main_nice(&["agentry-runtime", "dev", "--http-front-thread"]);
+    assert_eq!(worker, (main + 5).min(19), "default --worker-nice is 5");
+    let (worker, main) = worker_and_main_nice(&[
+        "agentry-runtime",
+        "dev",
+        "--http-front-thread",
+        "--worker-nice",
+        "2",
+    ]);
+    assert_eq!(worker, (main + 2).min(19));
+    let (worker, main) = worker_and_main_nice(&["agentry-runtime", "dev"]);
+    assert_eq!(worker, main, "no front thread: workers at the same level");
+}
