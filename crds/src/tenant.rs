@@ -149,6 +149,11 @@ pub struct RuntimeSpec {
     /// `--http-front-thread`, default false). See docs/limits.md, "The front thread".
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub http_front_thread: Option<bool>,
+    /// Write usage records and relay events from a thread of their own at the lowest CPU
+    /// priority, so that batch work does not delay requests (the runtime's
+    /// `--background-thread`, default false). See docs/limits.md, "The background thread".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub background_thread: Option<bool>,
 }
 
 /// CPU-based autoscaling of the runtime.

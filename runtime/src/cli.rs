@@ -82,6 +82,16 @@ pub struct CommonArgs {
     #[arg(long, env = "AGENTRY_WORKER_NICE", default_value_t = 5,
           value_parser = clap::value_parser!(u8).range(0..=19))]
     pub worker_nice: u8,
+    /// Write usage records and relay events from a thread of their own, `--background-nice`
+    /// levels below the threads that serve requests, with a database pool of its own. See
+    /// docs/limits.md, "The background thread".
+    #[arg(long, env = "AGENTRY_BACKGROUND_THREAD", default_value_t = false)]
+    pub background_thread: bool,
+    /// How many nice levels below the request path the background thread runs (0-19; the
+    /// kernel stops at 19, the lowest priority).
+    #[arg(long, env = "AGENTRY_BACKGROUND_NICE", default_value_t = 19,
+          value_parser = clap::value_parser!(u8).range(0..=19))]
+    pub background_nice: u8,
     /// Largest request body in bytes.
     #[arg(long, env = "AGENTRY_MAX_BODY_BYTES", default_value_t = 1024 * 1024)]
     pub max_body_bytes: usize,

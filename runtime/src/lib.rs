@@ -17,6 +17,7 @@ pub mod http;
 pub mod llm;
 pub mod metrics;
 pub mod orchestrator;
+pub mod priority;
 pub mod realtime;
 pub mod resilience;
 pub mod schema;
@@ -38,7 +39,7 @@ pub fn tokio_runtime(cli: &Cli) -> std::io::Result<tokio::runtime::Runtime> {
         && common.worker_nice > 0
     {
         let by = common.worker_nice;
-        builder.on_thread_start(move || http::front::lower_this_thread(by));
+        builder.on_thread_start(move || priority::lower_this_thread(by));
     }
     builder.build()
 }

@@ -21,6 +21,7 @@ use crate::gateway::limits::Limiter;
 use crate::http::{self, HttpConfig};
 use crate::llm::{LlmConfig, LlmGateway};
 use crate::metrics::Metrics;
+use crate::priority::BackgroundThread;
 use crate::state::{AppState, Shared};
 use crate::tools::{
     ChainedSecrets, EnvSecrets, MountedSecrets, SecretSource, ToolRuntime, ToolSettings,
@@ -80,6 +81,10 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
 /// client's kernel a second later, a request taking over a second (docs/benchmarks.md).
 const LISTEN_BACKLOG: u32 = 4096;
 
+/// Connections of the background thread's pool: a usage batch, the relay's batch and its
+/// `LISTEN`, and one to spare.
+const BACKGROUND_CONNECTIONS: u32 = 4;
+
 /// Binds the listening socket (port 0 picks a free port; the log says which).
 pub fn bind(common: &CommonArgs) -> anyhow::Result<tokio::net::TcpListener> {
     let listen = || -> std::io::Result<tokio::net::TcpListener> {
@@ -106,6 +111,9 @@ pub struct Runtime {
     pub state: AppState,
     /// Background tasks, stopped by the shutdown token.
     pub tasks: JoinSet<()>,
+    /// The thread the usage writer and the relay run on, when `--background-thread` is on;
+    /// dropped (stopped) after them.
+    background: Option<BackgroundThread>,
 }
 
 impl Runtime {
@@ -131,7 +139,25 @@ impl Runtime {
         let replica = common.replica_id.clone().unwrap_or_else(default_replica_id);
         let metrics = Arc::new(Metrics::new());
         let budgets = Arc::new(Budgets::new(db.clone(), replica));
-        let usage = UsageWriter::spawn(db.clone(), common.usage_config());
+        let background = if common.background_thread {
+            // Below the workers, which are themselves below this thread with the front thread.
+            let below = if common.http_front_thread {
+                common.worker_nice.saturating_add(common.background_nice)
+            } else {
+                common.background_nice
+            };
+            Some(BackgroundThread::spawn(below).context("starting the background thread")?)
+        } else {
+            None
+        };
+        let batch_db = match &background {
+            Some(_) => db.sibling(BACKGROUND_CONNECTIONS),
+            None => db.clone(),
+        };
+        let on_background = background
+            .as_ref()
+            .map_or_else(tokio::runtime::Handle::current, |b| b.handle().clone());
+        let usage = UsageWriter::spawn_on(batch_db.clone(), common.usage_config(), &on_background);
         let llm = Arc::new(
             LlmGateway::new(http.clone(), LlmConfig::from_env(dev_mode))
                 .with_metrics(metrics.clone()),
@@ -171,15 +197,19 @@ impl Runtime {
         });
         let mut tasks = JoinSet::new();
         let relay = crate::events::Relay::new(
-            state.db.clone(),
+            batch_db,
             async_nats::jetstream::new(nats),
             state.tenants.clone(),
             state.metrics.clone(),
         );
-        tasks.spawn(relay.run(state.shutdown.clone()));
+        tasks.spawn_on(relay.run(state.shutdown.clone()), &on_background);
         tasks.spawn(state.budgets.clone().run(state.shutdown.clone()));
         tasks.spawn(crate::orchestrator::worker::run(state.clone()));
-        Ok(Self { state, tasks })
+        Ok(Self {
+            state,
+            tasks,
+            background,
+        })
     }
 
     /// Serves HTTP until shutdown, then drains requests, stops tasks and flushes buffers.
@@ -237,6 +267,8 @@ impl Runtime {
         // After the server: every answered request has queued its usage record by now.
         self.state.usage.close().await;
         self.state.budgets.flush().await;
+        // The usage writer and the relay are done: their thread can stop.
+        drop(self.background.take());
         tracing::info!("stopped");
         Ok(())
     }

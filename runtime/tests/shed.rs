@@ -262,3 +262,34 @@ fn with_the_front_thread_the_workers_run_at_a_lower_priority() {
     let (worker, main) = worker_and_main_nice(&["agentry-runtime", "dev"]);
     assert_eq!(worker, main, "no front thread: workers at the same level");
 }
+
+/// The background thread runs its tasks `nice` levels below the thread that starts it, and
+/// ends when dropped.
+#[cfg(target_os = "linux")]
+#[test]
+fn the_background_thread_runs_below_the_request_path() {
+    use agentry_runtime::priority::BackgroundThread;
+    let background = BackgroundThread::spawn(4).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    background.handle().spawn(async move {
+        let name = std::thread::current().name().map(str::to_owned);
+        tx.send((nice_of_this_thread(), name)).unwrap();
+    });
+    let (nice, name) = rx.recv_timeout(Duration::from_secs(5)).unwrap();
+    assert_eq!(nice, (nice_of_this_thread() + 4).min(19));
+    assert_eq!(name.as_deref(), Some("agentry-background"));
+    let handle = background.handle().clone();
+    drop(background);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    // A task spawned on a runtime that has shut down is cancelled at once.
+    let waiter = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    while waiter.block_on(handle.spawn(async {})).is_ok() {
+        assert!(
+            Instant::now() < deadline,
+            "the background thread did not stop"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}

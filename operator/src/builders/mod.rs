@@ -281,6 +281,7 @@ pub(crate) mod fixtures {
                 image: Some("registry.example/agentry-runtime:custom".to_owned()),
                 max_in_flight: Some(64),
                 http_front_thread: Some(true),
+                background_thread: Some(true),
             }),
             providers: vec![
                 ProviderSpec {

@@ -114,6 +114,9 @@ fn tuning_env(runtime: &RuntimeSpec) -> Vec<EnvVar> {
     if let Some(front) = runtime.http_front_thread {
         vars.push(env("AGENTRY_HTTP_FRONT_THREAD", front.to_string()));
     }
+    if let Some(background) = runtime.background_thread {
+        vars.push(env("AGENTRY_BACKGROUND_THREAD", background.to_string()));
+    }
     vars
 }
 
@@ -461,6 +464,7 @@ mod tests {
         // Unset in the Tenant: the runtime's own defaults apply.
         assert_eq!(env_value(c, "AGENTRY_MAX_IN_FLIGHT"), None);
         assert_eq!(env_value(c, "AGENTRY_HTTP_FRONT_THREAD"), None);
+        assert_eq!(env_value(c, "AGENTRY_BACKGROUND_THREAD"), None);
         let db = c
             .env
             .as_ref()
@@ -551,6 +555,7 @@ mod tests {
         assert_eq!(env_value(c, "AGENTRY_RATE_LIMIT_SHARDS").unwrap(), "6");
         assert_eq!(env_value(c, "AGENTRY_MAX_IN_FLIGHT").unwrap(), "64");
         assert_eq!(env_value(c, "AGENTRY_HTTP_FRONT_THREAD").unwrap(), "true");
+        assert_eq!(env_value(c, "AGENTRY_BACKGROUND_THREAD").unwrap(), "true");
         let requests = c.resources.clone().unwrap().requests.unwrap();
         assert_eq!(requests["cpu"], Quantity("250m".to_owned()));
         let hpa = autoscaler(&owner, &t).unwrap().spec.unwrap();

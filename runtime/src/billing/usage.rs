@@ -137,8 +137,13 @@ pub struct UsageWriter {
 impl UsageWriter {
     /// Starts the background writer on the current Tokio runtime.
     pub fn spawn(db: Db, config: UsageConfig) -> Self {
+        Self::spawn_on(db, config, &tokio::runtime::Handle::current())
+    }
+
+    /// Starts the background writer on `runtime` (the runtime's background thread).
+    pub fn spawn_on(db: Db, config: UsageConfig, runtime: &tokio::runtime::Handle) -> Self {
         let (tx, rx) = mpsc::channel(config.queue.max(1));
-        tokio::spawn(run(db.clone(), config, rx));
+        runtime.spawn(run(db.clone(), config, rx));
         Self { db, tx }
     }
 

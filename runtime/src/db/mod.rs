@@ -141,6 +141,21 @@ impl Db {
         })
     }
 
+    /// A second pool of at most `max_connections` as the same role, connecting on first use.
+    /// A connection's socket is served by the Tokio runtime it was opened on, so work on
+    /// another runtime (the background thread) takes its own pool rather than wake that one.
+    pub fn sibling(&self, max_connections: u32) -> Self {
+        let pool = PgPoolOptions::new()
+            .max_connections(max_connections)
+            .acquire_timeout(Duration::from_secs(5))
+            .connect_lazy_with((*self.pool.connect_options()).clone());
+        Self {
+            pool,
+            mode: self.mode,
+            role: self.role.clone(),
+        }
+    }
+
     /// How the role maps to tenants.
     pub fn mode(&self) -> RoleMode {
         self.mode

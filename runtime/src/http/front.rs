@@ -98,21 +98,3 @@ pub fn spawn(
         })?;
     Ok(done)
 }
-
-/// Lowers the calling thread's scheduling priority by `by` nice levels (a worker thread's, when
-/// the front thread is on). Raising a nice value needs no privilege on Linux; where it fails
-/// (a seccomp profile that forbids it) the thread keeps the front thread's level, which is
-/// how the runtime runs without the front thread. Runs before logging is set up, so a failure
-/// is not reported. Elsewhere than Linux, threads have no nice value of their own.
-pub fn lower_this_thread(by: u8) {
-    #[cfg(target_os = "linux")]
-    {
-        use rustix::process::{getpriority_process, setpriority_process};
-        let thread = Some(rustix::thread::gettid());
-        if let Ok(current) = getpriority_process(thread) {
-            let _ = setpriority_process(thread, current + i32::from(by));
-        }
-    }
-    #[cfg(not(target_os = "linux"))]
-    let _ = by;
-}
