@@ -2,9 +2,10 @@
 //!
 //! Two places use them. With the HTTP front thread, the worker threads run below it, so that
 //! refusals past the in-flight cap do not wait for the workers' CPU work (docs/limits.md, "The
-//! front thread"). And the batch writers (usage records, the outbox relay) run on a thread of
-//! their own below the workers, so that a batch being encoded or decoded does not hold up the
-//! request that arrives meanwhile (docs/limits.md, "The background thread").
+//! front thread"). With the background thread, the batch writers (usage records, the outbox
+//! relay) run on a thread of their own below the workers, so that a batch being encoded or
+//! decoded does not hold up the request that arrives meanwhile (docs/limits.md, "The
+//! background thread").
 
 use tokio::runtime::Handle;
 use tokio::sync::oneshot;
