@@ -150,13 +150,10 @@ impl Runtime {
         } else {
             None
         };
-        let batch_db = match &background {
-            Some(_) => db.sibling(BACKGROUND_CONNECTIONS),
-            None => db.clone(),
+        let (batch_db, on_background) = match &background {
+            Some(thread) => (db.sibling(BACKGROUND_CONNECTIONS), thread.handle().clone()),
+            None => (db.clone(), tokio::runtime::Handle::current()),
         };
-        let on_background = background
-            .as_ref()
-            .map_or_else(tokio::runtime::Handle::current, |b| b.handle().clone());
         let usage = UsageWriter::spawn_on(batch_db.clone(), common.usage_config(), &on_background);
         let llm = Arc::new(
             LlmGateway::new(http.clone(), LlmConfig::from_env(dev_mode))

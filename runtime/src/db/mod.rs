@@ -61,6 +61,13 @@ pub enum DbError {
     },
 }
 
+/// How the runtime's pools are sized and how long a request waits for a connection.
+fn pool_options(max_connections: u32) -> PgPoolOptions {
+    PgPoolOptions::new()
+        .max_connections(max_connections)
+        .acquire_timeout(Duration::from_secs(5))
+}
+
 /// A pool of connections as one application role.
 #[derive(Clone, Debug)]
 pub struct Db {
@@ -81,11 +88,7 @@ impl Db {
         max_connections: u32,
     ) -> Result<Self, DbError> {
         let options = options.application_name("agentry-runtime");
-        let pool = PgPoolOptions::new()
-            .max_connections(max_connections)
-            .acquire_timeout(Duration::from_secs(5))
-            .connect_with(options)
-            .await?;
+        let pool = pool_options(max_connections).connect_with(options).await?;
         Self::from_pool(pool).await
     }
 
@@ -145,10 +148,8 @@ impl Db {
     /// A connection's socket is served by the Tokio runtime it was opened on, so work on
     /// another runtime (the background thread) takes its own pool rather than wake that one.
     pub fn sibling(&self, max_connections: u32) -> Self {
-        let pool = PgPoolOptions::new()
-            .max_connections(max_connections)
-            .acquire_timeout(Duration::from_secs(5))
-            .connect_lazy_with((*self.pool.connect_options()).clone());
+        let pool =
+            pool_options(max_connections).connect_lazy_with((*self.pool.connect_options()).clone());
         Self {
             pool,
             mode: self.mode,
