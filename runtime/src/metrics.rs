@@ -98,6 +98,9 @@ pub struct Metrics {
     pub outbox_lag_seconds: Family<TenantLabels, Gauge>,
     /// Events published to JetStream.
     pub events_published: Family<TenantLabels, Counter>,
+    /// Seconds from a batched usage record's model call finishing to its batch committing:
+    /// how long it was only in memory, which is what a crash would lose.
+    pub usage_write_delay: Histogram,
     /// Bundle reloads by result.
     pub bundle_reloads: Family<ReloadLabels, Counter>,
     /// Circuit breaker state per provider: 0 closed, 1 open, 2 half-open.
@@ -156,6 +159,8 @@ impl Metrics {
         let outbox_pending = Family::<TenantLabels, Gauge>::default();
         let outbox_lag_seconds = Family::<TenantLabels, Gauge>::default();
         let events_published = Family::<TenantLabels, Counter>::default();
+        // 5 ms to 41 s: the flush window (50 ms by default) up to a stalled database.
+        let usage_write_delay = Histogram::new(exponential_buckets(0.005, 2.0, 14));
         let bundle_reloads = Family::<ReloadLabels, Counter>::default();
         let provider_circuit_state = Family::<ProviderLabels, Gauge>::default();
         let tool_circuit_state = Family::<TenantToolLabels, Gauge>::default();
@@ -192,6 +197,11 @@ impl Metrics {
             "events_published",
             "Events published to JetStream",
             events_published.clone(),
+        );
+        registry.register(
+            "usage_write_delay_seconds",
+            "Time from a batched usage record's model call finishing to its batch committing",
+            usage_write_delay.clone(),
         );
         registry.register(
             "bundle_reloads",
@@ -237,6 +247,7 @@ impl Metrics {
             outbox_pending,
             outbox_lag_seconds,
             events_published,
+            usage_write_delay,
             bundle_reloads,
             provider_circuit_state,
             tool_circuit_state,

@@ -154,7 +154,12 @@ impl Runtime {
             Some(thread) => (db.sibling(BACKGROUND_CONNECTIONS), thread.handle().clone()),
             None => (db.clone(), tokio::runtime::Handle::current()),
         };
-        let usage = UsageWriter::spawn_on(batch_db.clone(), common.usage_config(), &on_background);
+        let usage = UsageWriter::spawn_on(
+            batch_db.clone(),
+            common.usage_config(),
+            &on_background,
+            Some(metrics.usage_write_delay.clone()),
+        );
         let llm = Arc::new(
             LlmGateway::new(http.clone(), LlmConfig::from_env(dev_mode))
                 .with_metrics(metrics.clone()),

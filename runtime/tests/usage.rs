@@ -1,6 +1,7 @@
 //! The batched usage writer against real PostgreSQL, connected as a tenant role: records are
 //! written within the flush interval with their events, everything queued is written on
-//! close, a full queue makes callers wait instead of dropping, and no record is lost.
+//! close, a full queue makes callers wait instead of dropping, no record is lost, and the
+//! time each record was only in memory is observed.
 
 #![expect(
     clippy::unwrap_used,
@@ -16,6 +17,7 @@ use std::time::{Duration, Instant};
 use agentry_crds::bundle::LimitsConfig;
 use agentry_runtime::billing::{UsageConfig, UsageRow, UsageWriter};
 use agentry_runtime::llm::{Completion, FinishReason, Usage};
+use agentry_runtime::metrics::Metrics;
 use limits_support::{PgTenant, RoleKind, key_caller, user_caller};
 use sqlx::{Connection as _, PgPool};
 use uuid::Uuid;
@@ -258,5 +260,84 @@ async fn records_of_several_tenants_land_with_their_own_tenant(admin: PgPool) {
         assert_eq!(a.events("usage.recorded").await.len(), 3);
         assert_eq!(b.events("usage.recorded").await.len(), 3);
     }))
+    .await;
+}
+
+/// `(upper bound, cumulative count)` of every bucket of `agentry_usage_write_delay_seconds`.
+fn delay_buckets(metrics: &Metrics) -> Vec<(f64, u64)> {
+    metrics
+        .encode()
+        .lines()
+        .filter_map(|line| {
+            let rest = line.strip_prefix("agentry_usage_write_delay_seconds_bucket{le=\"")?;
+            let (le, count) = rest.split_once("\"} ")?;
+            let le = if le == "+Inf" {
+                f64::INFINITY
+            } else {
+                le.parse().unwrap()
+            };
+            Some((le, count.trim().parse().unwrap()))
+        })
+        .collect()
+}
+
+#[sqlx::test(migrator = "agentry_runtime::db::MIGRATOR")]
+async fn the_write_delay_counts_the_time_a_record_was_only_in_memory(admin: PgPool) {
+    let t = PgTenant::create(&admin, LimitsConfig::default(), RoleKind::Tenant).await;
+    t.guard(async {
+        let metrics = Metrics::new();
+        let writer = UsageWriter::spawn_on(
+            t.db(2).await,
+            UsageConfig {
+                flush_interval: Duration::from_millis(5),
+                ..UsageConfig::default()
+            },
+            &tokio::runtime::Handle::current(),
+            Some(metrics.usage_write_delay.clone()),
+        );
+        // A stalled database: the records stay in memory until the lock goes.
+        let mut blocker = sqlx::PgConnection::connect_with(&admin.connect_options())
+            .await
+            .unwrap();
+        sqlx::raw_sql("begin; lock table agentry.usage_records in exclusive mode")
+            .execute(&mut blocker)
+            .await
+            .unwrap();
+        let caller = key_caller(&t.handle, Uuid::new_v4());
+        for i in 0..3 {
+            writer
+                .record(UsageRow::of(&caller, &completion(i, 1, 1)))
+                .await
+                .unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        assert!(
+            delay_buckets(&metrics).iter().all(|&(_, n)| n == 0),
+            "nothing is observed before it is written"
+        );
+        sqlx::raw_sql("rollback")
+            .execute(&mut blocker)
+            .await
+            .unwrap();
+        writer.flush().await;
+        assert_eq!(usage_rows(&t).await, 3);
+        let buckets = delay_buckets(&metrics);
+        assert_eq!(
+            buckets.last(),
+            Some(&(f64::INFINITY, 3)),
+            "one observation per record: {buckets:?}"
+        );
+        let under_stall: u64 = buckets
+            .iter()
+            .filter(|&&(le, _)| le < 0.4)
+            .map(|&(_, n)| n)
+            .max()
+            .unwrap_or_default();
+        assert_eq!(
+            under_stall, 0,
+            "the 400 ms the database held the records back count: {buckets:?}"
+        );
+        writer.close().await;
+    })
     .await;
 }

@@ -78,6 +78,7 @@ fn alerts_carry_severity_summary_and_thresholds_from_values() {
         "AgentryReconcileErrorBudgetBurnFast",
         "AgentryReconcileErrorBudgetBurnSlow",
         "AgentryOutboxLagHigh",
+        "AgentryUsageWriteDelayHigh",
         "AgentryBundleRejected",
         "AgentryOperatorDown",
     ] {
@@ -107,9 +108,11 @@ fn alerts_carry_severity_summary_and_thresholds_from_values() {
             .and_then(|a| a["expr"].as_str())
             .unwrap()
     };
-    // ci/full-values.yaml sets availabilitySLO 0.995 and outboxLagSeconds 120.
+    // ci/full-values.yaml sets availabilitySLO 0.995, outboxLagSeconds 120 and
+    // usageWriteDelaySeconds 2.5.
     assert!(by_name("AgentryRuntimeErrorBudgetBurnFast").contains("14.4 * (1 - 0.995)"));
     assert!(by_name("AgentryOutboxLagHigh").contains("> 120"));
+    assert!(by_name("AgentryUsageWriteDelayHigh").contains("> 2.5"));
     assert!(by_name("AgentryReconcileErrorBudgetBurnFast").contains("(1 - 0.99)"));
 }
 
@@ -236,6 +239,7 @@ fn rules_use_only_exported_metrics() {
     }
     assert!(used.contains("agentry_http_requests_total"));
     assert!(used.contains("agentry_outbox_lag_seconds"));
+    assert!(used.contains("agentry_usage_write_delay_seconds_bucket"));
     assert_exported(&used, "the PrometheusRule's expressions");
 }
 

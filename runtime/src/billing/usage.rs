@@ -12,12 +12,14 @@
 //! the queue is full, `record` waits for room (backpressure) rather than drop. When a write
 //! fails the batch is retried, holding the queue, so requests slow down instead of losing
 //! records. On shutdown [`UsageWriter::close`] writes whatever is queued; a record handed over
-//! after that is written directly.
+//! after that is written directly. How long each batched record waited is observed in
+//! `agentry_usage_write_delay_seconds`: the window a crash would have lost it in.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use prometheus_client::metrics::histogram::Histogram;
 use serde_json::{Value, json};
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
@@ -135,15 +137,22 @@ pub struct UsageWriter {
 }
 
 impl UsageWriter {
-    /// Starts the background writer on the current Tokio runtime.
+    /// Starts the background writer on the current Tokio runtime, observing nothing.
     pub fn spawn(db: Db, config: UsageConfig) -> Self {
-        Self::spawn_on(db, config, &tokio::runtime::Handle::current())
+        Self::spawn_on(db, config, &tokio::runtime::Handle::current(), None)
     }
 
-    /// Starts the background writer on `runtime` (the runtime's background thread).
-    pub fn spawn_on(db: Db, config: UsageConfig, runtime: &tokio::runtime::Handle) -> Self {
+    /// Starts the background writer on `runtime` (the runtime's background thread, or the
+    /// current one). Each written record's time in memory, from its call finishing to its
+    /// batch committing, is observed in `delay`.
+    pub fn spawn_on(
+        db: Db,
+        config: UsageConfig,
+        runtime: &tokio::runtime::Handle,
+        delay: Option<Histogram>,
+    ) -> Self {
         let (tx, rx) = mpsc::channel(config.queue.max(1));
-        runtime.spawn(run(db.clone(), config, rx));
+        runtime.spawn(run(db.clone(), config, rx, delay));
         Self { db, tx }
     }
 
@@ -182,8 +191,17 @@ const CLOSING_ATTEMPTS: u32 = 3;
 /// Longest pause between retries of a failed batch.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
-async fn run(db: Db, config: UsageConfig, mut rx: mpsc::Receiver<Command>) {
-    let max_batch = config.max_batch.max(1);
+async fn run(
+    db: Db,
+    config: UsageConfig,
+    mut rx: mpsc::Receiver<Command>,
+    delay: Option<Histogram>,
+) {
+    let writer = BatchWriter {
+        db,
+        max_batch: config.max_batch.max(1),
+        delay,
+    };
     let mut pending: Vec<UsageRow> = Vec::new();
     let mut waiters: Vec<oneshot::Sender<()>> = Vec::new();
     let mut closing: Option<oneshot::Sender<()>> = None;
@@ -192,7 +210,7 @@ async fn run(db: Db, config: UsageConfig, mut rx: mpsc::Receiver<Command>) {
         let Some(first) = rx.recv().await else { break };
         take(first, &mut pending, &mut waiters, &mut closing);
         let deadline = tokio::time::Instant::now() + config.flush_interval;
-        while waiters.is_empty() && closing.is_none() && pending.len() < max_batch {
+        while waiters.is_empty() && closing.is_none() && pending.len() < writer.max_batch {
             tokio::select! {
                 next = rx.recv() => match next {
                     Some(c) => take(c, &mut pending, &mut waiters, &mut closing),
@@ -208,19 +226,15 @@ async fn run(db: Db, config: UsageConfig, mut rx: mpsc::Receiver<Command>) {
                 take(c, &mut pending, &mut waiters, &mut closing);
             }
         }
-        write_all(
-            &db,
-            std::mem::take(&mut pending),
-            max_batch,
-            closing.is_some(),
-        )
-        .await;
+        writer
+            .write_all(std::mem::take(&mut pending), closing.is_some())
+            .await;
         for w in waiters.drain(..) {
             let _ = w.send(());
         }
     }
     if !pending.is_empty() {
-        write_all(&db, pending, max_batch, true).await;
+        writer.write_all(pending, true).await;
     }
     if let Some(done) = closing {
         let _ = done.send(());
@@ -247,38 +261,63 @@ fn take(
     }
 }
 
-/// Writes `records`, one transaction per tenant and chunk. A failed write is retried with
-/// backoff (holding the queue: requests wait rather than lose records); a write the database
-/// refuses for good (the tenant was deleted) is dropped and logged. While closing, a batch is
-/// tried [`CLOSING_ATTEMPTS`] times and then reported lost.
-async fn write_all(db: &Db, records: Vec<UsageRow>, max_batch: usize, closing: bool) {
-    let mut by_tenant: BTreeMap<TenantId, Vec<UsageRow>> = BTreeMap::new();
-    for r in records {
-        by_tenant.entry(r.tenant).or_default().push(r);
+/// The writer task's side of a batch: where it goes and what it observes.
+struct BatchWriter {
+    db: Db,
+    max_batch: usize,
+    delay: Option<Histogram>,
+}
+
+impl BatchWriter {
+    /// Writes `records`, one transaction per tenant and chunk. A failed write is retried with
+    /// backoff (holding the queue: requests wait rather than lose records); a write the
+    /// database refuses for good (the tenant was deleted) is dropped and logged. While
+    /// closing, a batch is tried [`CLOSING_ATTEMPTS`] times and then reported lost.
+    async fn write_all(&self, records: Vec<UsageRow>, closing: bool) {
+        let mut by_tenant: BTreeMap<TenantId, Vec<UsageRow>> = BTreeMap::new();
+        for r in records {
+            by_tenant.entry(r.tenant).or_default().push(r);
+        }
+        for (tenant, records) in by_tenant {
+            for chunk in records.chunks(self.max_batch) {
+                self.write_chunk(tenant, chunk, closing).await;
+            }
+        }
     }
-    for (tenant, records) in by_tenant {
-        for chunk in records.chunks(max_batch) {
-            let mut backoff = Duration::from_millis(100);
-            let mut attempt = 0;
-            loop {
-                attempt += 1;
-                match write(db, tenant, chunk).await {
-                    Ok(()) => break,
-                    Err(e) if refused_for_good(&e) => {
-                        tracing::error!(%tenant, records = chunk.len(), error = %e, "usage records refused by the database; dropped");
-                        break;
-                    }
-                    Err(e) if closing && attempt >= CLOSING_ATTEMPTS => {
-                        tracing::error!(%tenant, records = chunk.len(), error = %e, "usage records could not be written before shutdown; lost");
-                        break;
-                    }
-                    Err(e) => {
-                        tracing::warn!(%tenant, records = chunk.len(), error = %e, "writing usage records failed; retrying");
-                        tokio::time::sleep(backoff).await;
-                        backoff = (backoff * 2).min(MAX_BACKOFF);
-                    }
+
+    async fn write_chunk(&self, tenant: TenantId, chunk: &[UsageRow], closing: bool) {
+        let mut backoff = Duration::from_millis(100);
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match write(&self.db, tenant, chunk).await {
+                Ok(()) => {
+                    self.observe_delay(chunk);
+                    return;
+                }
+                Err(e) if refused_for_good(&e) => {
+                    tracing::error!(%tenant, records = chunk.len(), error = %e, "usage records refused by the database; dropped");
+                    return;
+                }
+                Err(e) if closing && attempt >= CLOSING_ATTEMPTS => {
+                    tracing::error!(%tenant, records = chunk.len(), error = %e, "usage records could not be written before shutdown; lost");
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(%tenant, records = chunk.len(), error = %e, "writing usage records failed; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
                 }
             }
+        }
+    }
+
+    /// Observes how long each record of a committed chunk was only in memory.
+    fn observe_delay(&self, chunk: &[UsageRow]) {
+        let Some(delay) = &self.delay else { return };
+        let now = Utc::now();
+        for r in chunk {
+            delay.observe((now - r.at).to_std().unwrap_or_default().as_secs_f64());
         }
     }
 }
