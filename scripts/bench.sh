@@ -52,7 +52,7 @@ overload_max_in_flight="${BENCH_OVERLOAD_MAX_IN_FLIGHT:-16}"
 front_thread="${BENCH_FRONT_THREAD:-false}"
 pg="${AGENTRY_E2E_POSTGRES:-postgres://postgres@127.0.0.1:5432}"
 mkdir -p "$out"
-rm -f "$out"/*.json
+rm -f "$out"/*.json "$out"/*-metrics.txt
 # Thousands of sockets on each side of the WebSocket run.
 ulimit -n "$(ulimit -Hn)"
 

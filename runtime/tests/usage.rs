@@ -146,6 +146,7 @@ async fn close_writes_everything_queued_and_later_records_directly(admin: PgPool
                 flush_interval: Duration::from_secs(3600),
                 max_batch: 100_000,
                 queue: 10_000,
+                ..UsageConfig::default()
             },
         );
         let mut senders = tokio::task::JoinSet::new();
@@ -187,13 +188,14 @@ async fn close_writes_everything_queued_and_later_records_directly(admin: PgPool
 async fn a_full_queue_makes_callers_wait_and_loses_nothing(admin: PgPool) {
     let t = PgTenant::create(&admin, LimitsConfig::default(), RoleKind::Tenant).await;
     t.guard(async {
-        let queue = 4;
+        let (queue, max_batch, writes_in_flight) = (4, 2, 2);
         let writer = UsageWriter::spawn(
             t.db(2).await,
             UsageConfig {
                 flush_interval: Duration::from_millis(5),
-                max_batch: 2,
+                max_batch,
                 queue,
+                writes_in_flight,
             },
         );
         // Holding the table lock stalls every write, as a slow database would.
@@ -220,10 +222,22 @@ async fn a_full_queue_makes_callers_wait_and_loses_nothing(admin: PgPool) {
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
         let waiting = total as usize - returned.load(Ordering::SeqCst);
-        // At most the queue plus the batch being written were taken; the rest wait.
+        // At most the queue, the batches being written and the one waiting for a write were
+        // taken; the rest wait.
         assert!(
-            waiting >= total as usize - queue - 2,
+            waiting >= total as usize - queue - (writes_in_flight + 1) * max_batch,
             "only {waiting} of {total} callers wait for room"
+        );
+        let stalled_writes: i64 = sqlx::query_scalar(
+            "select count(*) from pg_stat_activity
+              where datname = current_database() and wait_event_type = 'Lock'",
+        )
+        .fetch_one(&admin)
+        .await
+        .unwrap();
+        assert_eq!(
+            stalled_writes, writes_in_flight as i64,
+            "batches are written {writes_in_flight} at once"
         );
         sqlx::raw_sql("rollback")
             .execute(&mut blocker)

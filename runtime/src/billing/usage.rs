@@ -5,7 +5,8 @@
 //! background task groups the records by tenant and writes each group (the `usage_records`
 //! rows, their `usage.recorded` events and outbox entries) in one transaction, at most
 //! [`UsageConfig::flush_interval`] after the first record of a batch arrived, or sooner when
-//! [`UsageConfig::max_batch`] records are waiting.
+//! [`UsageConfig::max_batch`] records are waiting; up to [`UsageConfig::writes_in_flight`]
+//! batches are written at once.
 //!
 //! Guarantees (docs/limits.md): a record handed over is written unless the process dies, and
 //! then what is lost is at most the records of the last flush interval (plus one write). When
@@ -22,6 +23,7 @@ use chrono::{DateTime, Utc};
 use prometheus_client::metrics::histogram::Histogram;
 use serde_json::{Value, json};
 use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinSet;
 use uuid::Uuid;
 
 use crate::db::{Db, DbError};
@@ -38,6 +40,9 @@ pub struct UsageConfig {
     pub max_batch: usize,
     /// Most records queued; past it, `record` waits.
     pub queue: usize,
+    /// Batches written at once, each in its own transaction on its own connection. One
+    /// writer is bounded by one database session's speed, which a fast replica outruns.
+    pub writes_in_flight: usize,
 }
 
 impl Default for UsageConfig {
@@ -46,6 +51,7 @@ impl Default for UsageConfig {
             flush_interval: Duration::from_millis(50),
             max_batch: 1024,
             queue: 8192,
+            writes_in_flight: 2,
         }
     }
 }
@@ -202,16 +208,26 @@ async fn run(
         max_batch: config.max_batch.max(1),
         delay,
     };
+    let in_flight = config.writes_in_flight.max(1);
+    let mut writing = JoinSet::new();
     let mut pending: Vec<UsageRow> = Vec::new();
     let mut waiters: Vec<oneshot::Sender<()>> = Vec::new();
     let mut closing: Option<oneshot::Sender<()>> = None;
     while closing.is_none() {
         // Every sender gone: nothing more can arrive.
         let Some(first) = rx.recv().await else { break };
+        // The window runs from when the first record was handed over, which may have been
+        // while every write was busy.
+        let waited = match &first {
+            Command::Record(r) => (Utc::now() - r.at).to_std().unwrap_or_default(),
+            _ => Duration::ZERO,
+        };
         take(first, &mut pending, &mut waiters, &mut closing);
-        let deadline = tokio::time::Instant::now() + config.flush_interval;
+        let deadline = tokio::time::Instant::now() + config.flush_interval.saturating_sub(waited);
         while waiters.is_empty() && closing.is_none() && pending.len() < writer.max_batch {
             tokio::select! {
+                // Records already queued first: a backlog makes full batches.
+                biased;
                 next = rx.recv() => match next {
                     Some(c) => take(c, &mut pending, &mut waiters, &mut closing),
                     None => break,
@@ -226,18 +242,42 @@ async fn run(
                 take(c, &mut pending, &mut waiters, &mut closing);
             }
         }
-        writer
-            .write_all(std::mem::take(&mut pending), closing.is_some())
-            .await;
-        for w in waiters.drain(..) {
-            let _ = w.send(());
+        while writing.len() >= in_flight {
+            finished(writing.join_next().await);
         }
+        if !pending.is_empty() {
+            let (writer, batch, closing) = (
+                writer.clone(),
+                std::mem::take(&mut pending),
+                closing.is_some(),
+            );
+            writing.spawn(async move { writer.write_all(batch, closing).await });
+        }
+        if !waiters.is_empty() || closing.is_some() {
+            // Every record queued before a flush or the close is in a write that has started.
+            while let Some(done) = writing.join_next().await {
+                finished(Some(done));
+            }
+            for w in waiters.drain(..) {
+                let _ = w.send(());
+            }
+        }
+    }
+    while let Some(done) = writing.join_next().await {
+        finished(Some(done));
     }
     if !pending.is_empty() {
         writer.write_all(pending, true).await;
     }
     if let Some(done) = closing {
         let _ = done.send(());
+    }
+}
+
+/// Reports a write task that did not end normally (a panic: its records are lost).
+fn finished(done: Option<Result<(), tokio::task::JoinError>>) {
+    if let Some(Err(e)) = done {
+        tracing::error!(error = %e, "a usage write ended without finishing; its records are lost");
     }
 }
 
@@ -262,6 +302,7 @@ fn take(
 }
 
 /// The writer task's side of a batch: where it goes and what it observes.
+#[derive(Clone)]
 struct BatchWriter {
     db: Db,
     max_batch: usize,
