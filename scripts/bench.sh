@@ -3,11 +3,12 @@
 # `agentry-runtime dev` (release builds, a fresh database and dev role), then runs the load
 # generator (a) straight at the mock and (b) through `POST /v1/chat/completions` with auth,
 # rate limits, budgets and metering on, at several concurrencies, in the same run. With two or
-# more cores the runtime is pinned to CPU 0 and the mock and the load generator to CPU 1;
-# PostgreSQL and NATS are left where they run unless BENCH_PIN_SERVICES=1 moves them to CPU 1
-# for the run (it puts their CPU affinity back on exit; on a quiet 2-vCPU machine it took the
-# runtime's waits for a CPU down and moved the crowding to the load's core, see
-# docs/benchmarks.md). Prints a table; raw JSON goes to target/bench/.
+# more cores the runtime is pinned to CPU 0 and the mock and the load generator to CPU 1, and
+# a local PostgreSQL and NATS are moved to CPU 1 for the run (their CPU affinity is put back
+# on exit; BENCH_PIN_SERVICES=0 leaves them where they run): the runtime gets a core of its
+# own, as a replica with a CPU request has, and the crowding is on the load's core, which
+# only makes the added latency look worse (docs/benchmarks.md). Prints a table; raw JSON goes
+# to target/bench/.
 # Before each direct/runtime pair and the overload it waits until earlier usage rows are
 # written and their events relayed, so that runs do not measure each other's background work.
 # Loopback only; every run is a bounded request count, so the whole script ends by itself.
@@ -25,7 +26,7 @@
 # BENCH_AGENT_CONCURRENCY (16: one run with an `agent/<name>` model; 0 skips),
 # BENCH_PG_OPTIONS (query options for the runtime's database URL, e.g. sslmode=disable),
 # BENCH_NICE (-15: the nice value of the benchmark's processes; 0 leaves it),
-# BENCH_PIN_SERVICES (0; 1 moves the running PostgreSQL and NATS to the load's core),
+# BENCH_PIN_SERVICES (1: the running PostgreSQL and NATS on the load's core; 0 leaves them),
 # BENCH_OVERLOAD_SECS (5; 0 skips), BENCH_OVERLOAD_RATE (req/s offered in the overload run;
 # default 1.5x the best closed-loop throughput measured), BENCH_MAX_IN_FLIGHT (the runtime's
 # shedding cap for the closed-loop runs, 1024), BENCH_OVERLOAD_MAX_IN_FLIGHT (the cap for the
@@ -71,7 +72,7 @@ fi
 # PostgreSQL (the server and every backend; new backends inherit the server's affinity) and
 # NATS off the runtime's core. Their affinity before is kept to be put back by `cleanup`.
 services_affinity=()
-if [ "$(nproc)" -ge 2 ] && [ "${BENCH_PIN_SERVICES:-0}" = 1 ]; then
+if [ "$(nproc)" -ge 2 ] && [ "${BENCH_PIN_SERVICES:-1}" = 1 ]; then
   for pid in $(pgrep -x postgres) $(pgrep -x nats-server); do
     if before=$(taskset -p "$pid" 2>/dev/null | sed -E 's/.*: //') &&
       taskset -p 2 "$pid" >/dev/null 2>&1; then
