@@ -53,6 +53,13 @@ overload_max_in_flight="${BENCH_OVERLOAD_MAX_IN_FLIGHT:-16}"
 front_thread="${BENCH_FRONT_THREAD:-false}"
 pg="${AGENTRY_E2E_POSTGRES:-postgres://postgres@127.0.0.1:5432}"
 mkdir -p "$out"
+# One run at a time: two would share the output files, and the second would record the first's
+# changes to PostgreSQL's and NATS's priority and affinity as theirs and put those back on exit.
+exec 9>"$out/.lock"
+if ! flock -n 9; then
+  echo "bench: another benchmark is running (lock $out/.lock)" >&2
+  exit 1
+fi
 rm -f "$out"/*.json "$out"/*-metrics.txt
 # Thousands of sockets on each side of the WebSocket run.
 ulimit -n "$(ulimit -Hn)"
