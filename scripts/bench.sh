@@ -27,6 +27,7 @@
 # BENCH_PG_OPTIONS (query options for the runtime's database URL, e.g. sslmode=disable),
 # BENCH_NICE (-15: the nice value of the benchmark's processes; 0 leaves it),
 # BENCH_PIN_SERVICES (1: the running PostgreSQL and NATS on the load's core; 0 leaves them),
+# BENCH_AUTOGROUPS (1; 0 turns the kernel's autogroups off for the run, see below),
 # BENCH_OVERLOAD_SECS (5; 0 skips), BENCH_OVERLOAD_RATE (req/s offered in the overload run;
 # default 1.5x the best closed-loop throughput measured), BENCH_MAX_IN_FLIGHT (the runtime's
 # shedding cap for the closed-loop runs, 1024), BENCH_OVERLOAD_MAX_IN_FLIGHT (the cap for the
@@ -68,74 +69,32 @@ echo "bench: building release binaries" >&2
 cargo build -q --release -p agentry-runtime -p agentry-e2e
 bin="$target_dir/release"
 
-if [ "$(nproc)" -ge 2 ]; then
-  pin_runtime=(taskset -c 0)
-  pin_load=(taskset -c 1)
-else
-  echo "bench: one core only; nothing is pinned" >&2
-  pin_runtime=()
-  pin_load=()
-fi
-# PostgreSQL (the server and every backend; new backends inherit the server's affinity) and
-# NATS off the runtime's core. Their affinity before is kept to be put back by `cleanup`.
-services_affinity=()
-if [ "$(nproc)" -ge 2 ] && [ "${BENCH_PIN_SERVICES:-1}" = 1 ]; then
-  for pid in $(pgrep -x postgres) $(pgrep -x nats-server); do
-    if before=$(taskset -p "$pid" 2>/dev/null | sed -E 's/.*: //') &&
-      taskset -p 2 "$pid" >/dev/null 2>&1; then
-      services_affinity+=("$pid:$before")
-    fi
-  done
-  if [ "${#services_affinity[@]}" -gt 0 ]; then
-    echo "bench: PostgreSQL and NATS moved to CPU 1 (${#services_affinity[@]} processes)" >&2
-  else
-    echo "bench: PostgreSQL and NATS left where they run (not found, or not permitted)" >&2
-  fi
-fi
-# On a machine shared with other work, the benchmark's processes get a higher CPU weight (a
-# lower nice value; needs root or CAP_SYS_NICE, skipped otherwise) so that the figures are the
-# code's rather than the neighbours'. With autogroup scheduling (Linux's default for desktop
-# and many server kernels) a nice value only counts within its session, so the session's
-# autogroup is reniced too, and put back on exit. The runs are bounded: neighbours wait seconds.
-# PostgreSQL and NATS do the runtime's work during the runs (usage rows, the outbox, events),
-# so a local server gets the same weight, its process and its autogroup (put back on exit):
-# left at 0 while the runtime and the load run at -15, a saturated machine starved them, and
-# usage writes then fell seconds behind and held up requests. (A backend PostgreSQL starts
-# during the run inherits the weight and keeps it until it ends.)
-nice_value="${BENCH_NICE:--15}"
-autogroup_before=""
-services_nice=()
-if [ "$nice_value" != 0 ] && nice -n "$nice_value" true 2>/dev/null; then
-  pin_runtime=(nice -n "$nice_value" "${pin_runtime[@]}")
-  pin_load=(nice -n "$nice_value" "${pin_load[@]}")
-  if [ -w /proc/self/autogroup ]; then
-    autogroup_before=$(sed -E 's/.* nice (-?[0-9]+).*/\1/' /proc/self/autogroup)
-    echo "$nice_value" >/proc/$$/autogroup 2>/dev/null || autogroup_before=""
-  fi
-  for pid in $(pgrep -x postgres) $(pgrep -x nats-server); do
-    process_before=$(ps -o ni= -p "$pid" 2>/dev/null | tr -d ' ') || continue
-    group_before=$(sed -E 's/.* nice (-?[0-9]+).*/\1/' "/proc/$pid/autogroup" 2>/dev/null) || group_before=""
-    renice -n "$nice_value" -p "$pid" >/dev/null 2>&1 || continue
-    if [ -n "$group_before" ]; then echo "$nice_value" >"/proc/$pid/autogroup" 2>/dev/null || true; fi
-    services_nice+=("$pid:$process_before:$group_before")
-  done
-else
-  echo "bench: running at normal priority" >&2
-fi
-
 suffix=$(head -c 6 /dev/urandom | od -An -tx1 | tr -d ' \n')
 database="agentry_bench_$suffix"
 role="agentry_bench_$suffix"
 work=$(mktemp -d)
 pids=()
+# What the run changes outside itself, put back by `cleanup` however it ends: the CPU affinity
+# and nice value of each PostgreSQL and NATS thread (both are per thread, and nats-server has
+# many), their sessions' autogroup weight, and this session's.
+services_affinity=()
+services_nice=()
+services_groups=()
+autogroup_before=""
+autogroups_enabled_before=""
 cleanup() {
+  local entry
+  if [ -n "$autogroups_enabled_before" ]; then
+    echo "$autogroups_enabled_before" 2>/dev/null >/proc/sys/kernel/sched_autogroup_enabled || true
+  fi
   for entry in "${services_affinity[@]}"; do
     taskset -p "${entry#*:}" "${entry%%:*}" >/dev/null 2>&1 || true
   done
   for entry in "${services_nice[@]}"; do
-    IFS=: read -r pid process_before group_before <<<"$entry"
-    renice -n "$process_before" -p "$pid" >/dev/null 2>&1 || true
-    if [ -n "$group_before" ]; then echo "$group_before" >"/proc/$pid/autogroup" 2>/dev/null || true; fi
+    renice "${entry#*:}" -p "${entry%%:*}" >/dev/null 2>&1 || true
+  done
+  for entry in "${services_groups[@]}"; do
+    echo "${entry#*:}" >"/proc/${entry%%:*}/autogroup" 2>/dev/null || true
   done
   if [ -n "$autogroup_before" ]; then echo "$autogroup_before" >/proc/$$/autogroup 2>/dev/null || true; fi
   for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
@@ -145,6 +104,77 @@ cleanup() {
   rm -rf "$work"
 }
 trap cleanup EXIT
+
+# The local PostgreSQL (the server and every backend; a new backend inherits the server's
+# affinity and nice value) and NATS: their processes, and every thread of them.
+service_pids() { pgrep -x postgres || true; pgrep -x nats-server || true; }
+service_threads() {
+  local pid
+  for pid in $(service_pids); do ls "/proc/$pid/task" 2>/dev/null || true; done
+}
+
+if [ "$(nproc)" -ge 2 ]; then
+  pin_runtime=(taskset -c 0)
+  pin_load=(taskset -c 1)
+else
+  echo "bench: one core only; nothing is pinned" >&2
+  pin_runtime=()
+  pin_load=()
+fi
+# PostgreSQL and NATS off the runtime's core.
+if [ "$(nproc)" -ge 2 ] && [ "${BENCH_PIN_SERVICES:-1}" = 1 ]; then
+  for tid in $(service_threads); do
+    if before=$(taskset -p "$tid" 2>/dev/null | sed -E 's/.*: //') &&
+      taskset -p 2 "$tid" >/dev/null 2>&1; then
+      services_affinity+=("$tid:$before")
+    fi
+  done
+  if [ "${#services_affinity[@]}" -gt 0 ]; then
+    echo "bench: PostgreSQL and NATS moved to CPU 1 (${#services_affinity[@]} threads)" >&2
+  else
+    echo "bench: PostgreSQL and NATS left where they run (not found, or not permitted)" >&2
+  fi
+fi
+# On a machine shared with other work, the benchmark's processes get a higher CPU weight (a
+# lower nice value; needs root or CAP_SYS_NICE, skipped otherwise) so that the figures are the
+# code's rather than the neighbours'. With autogroup scheduling (Linux's default for desktop
+# and many server kernels) a nice value only counts within its session, so the session's
+# autogroup is reniced too. The runs are bounded: neighbours wait seconds.
+# PostgreSQL and NATS do the runtime's work during the runs (usage rows, the outbox, events),
+# so a local server gets the same weight, its threads and its autogroup: left at 0 while the
+# runtime and the load ran at -15, a saturated machine starved them, and usage writes fell
+# seconds behind and held up requests. But PostgreSQL starts every backend in a session, and so
+# an autogroup, of its own at nice 0, whatever the server's: the runtime's database sessions
+# keep a small share of a busy core. BENCH_AUTOGROUPS=0 turns autogroups off for the run (put
+# back on exit), so that every thread counts with its own nice value and a new backend
+# inherits the server's; on two cores the load's core is then the bottleneck
+# (docs/benchmarks.md). (A backend started during the run keeps the weight until it ends.)
+nice_value="${BENCH_NICE:--15}"
+if [ "$nice_value" != 0 ] && nice -n "$nice_value" true 2>/dev/null; then
+  if [ "${BENCH_AUTOGROUPS:-1}" = 0 ] &&
+    [ "$(cat /proc/sys/kernel/sched_autogroup_enabled 2>/dev/null)" = 1 ] &&
+    echo 0 2>/dev/null >/proc/sys/kernel/sched_autogroup_enabled; then
+    autogroups_enabled_before=1
+  fi
+  pin_runtime=(nice -n "$nice_value" "${pin_runtime[@]}")
+  pin_load=(nice -n "$nice_value" "${pin_load[@]}")
+  if [ -w /proc/self/autogroup ]; then
+    autogroup_before=$(sed -E 's/.* nice (-?[0-9]+).*/\1/' /proc/self/autogroup)
+    echo "$nice_value" >/proc/$$/autogroup 2>/dev/null || autogroup_before=""
+  fi
+  for tid in $(service_threads); do
+    # The nice value is the 19th field of stat, the 17th after the command's name.
+    before=$(sed -E 's/.*\) //' "/proc/$tid/stat" 2>/dev/null | awk '{print $17}') || continue
+    [[ "$before" =~ ^-?[0-9]+$ ]] || continue
+    renice "$nice_value" -p "$tid" >/dev/null 2>&1 && services_nice+=("$tid:$before")
+  done
+  for pid in $(service_pids); do
+    before=$(sed -E 's/.* nice (-?[0-9]+).*/\1/' "/proc/$pid/autogroup" 2>/dev/null) || continue
+    echo "$nice_value" 2>/dev/null >"/proc/$pid/autogroup" && services_groups+=("$pid:$before")
+  done
+else
+  echo "bench: running at normal priority" >&2
+fi
 
 # Waits for a line matching $2 in file $1 and prints it; gives up when process $3 exits.
 wait_line() {

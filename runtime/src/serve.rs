@@ -81,9 +81,9 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
 /// client's kernel a second later, a request taking over a second (docs/benchmarks.md).
 const LISTEN_BACKLOG: u32 = 4096;
 
-/// Connections of the background thread's pool: a usage batch, the relay's batch and its
-/// `LISTEN`, and one to spare.
-const BACKGROUND_CONNECTIONS: u32 = 4;
+/// Connections of the background thread's pool: the usage writes in flight (two), the relay's
+/// batch and its `LISTEN`, and one to spare.
+const BACKGROUND_CONNECTIONS: u32 = 5;
 
 /// Binds the listening socket (port 0 picks a free port; the log says which).
 pub fn bind(common: &CommonArgs) -> anyhow::Result<tokio::net::TcpListener> {

@@ -355,3 +355,95 @@ async fn the_write_delay_counts_the_time_a_record_was_only_in_memory(admin: PgPo
     })
     .await;
 }
+
+#[sqlx::test(migrator = "agentry_runtime::db::MIGRATOR")]
+async fn a_batch_is_written_a_flush_interval_after_its_record_was_handed_over(admin: PgPool) {
+    let t = PgTenant::create(&admin, LimitsConfig::default(), RoleKind::Tenant).await;
+    t.guard(async {
+        let metrics = Metrics::new();
+        // An interval no test waits for, but the record was handed over 3 s before the writer
+        // saw it (as behind a full queue): its window is over already.
+        let writer = UsageWriter::spawn_on(
+            t.db(2).await,
+            UsageConfig {
+                flush_interval: Duration::from_secs(2),
+                ..UsageConfig::default()
+            },
+            &tokio::runtime::Handle::current(),
+            Some(metrics.usage_write_delay.clone()),
+        );
+        let mut record = UsageRow::of(&key_caller(&t.handle, Uuid::new_v4()), &completion(1, 1, 1));
+        record.at -= chrono::TimeDelta::seconds(3);
+        writer.record(record).await.unwrap();
+        let started = Instant::now();
+        while usage_rows(&t).await < 1 {
+            assert!(
+                started.elapsed() < Duration::from_secs(1),
+                "the batch waited for a window that had already passed"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let buckets = delay_buckets(&metrics);
+        let under_three_seconds = buckets
+            .iter()
+            .filter(|&&(le, _)| le < 2.9)
+            .map(|&(_, n)| n)
+            .max()
+            .unwrap_or_default();
+        assert_eq!(
+            (under_three_seconds, buckets.last().map(|&(_, n)| n)),
+            (0, Some(1)),
+            "the delay runs from the hand-over: {buckets:?}"
+        );
+        writer.close().await;
+    })
+    .await;
+}
+
+#[sqlx::test(migrator = "agentry_runtime::db::MIGRATOR")]
+async fn close_gives_up_on_a_write_to_an_unreachable_database(admin: PgPool) {
+    let t = PgTenant::create(&admin, LimitsConfig::default(), RoleKind::Tenant).await;
+    t.guard(async {
+        let writer = UsageWriter::spawn(
+            t.db(2).await,
+            UsageConfig {
+                flush_interval: Duration::from_millis(5),
+                ..UsageConfig::default()
+            },
+        );
+        // The role can no longer log in and its sessions are gone: every write fails, as with
+        // the database unreachable, and is retried.
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "alter role {} nologin",
+            t.role
+        )))
+        .execute(&admin)
+        .await
+        .unwrap();
+        sqlx::query("select pg_terminate_backend(pid) from pg_stat_activity where usename = $1")
+            .bind(&t.role)
+            .execute(&admin)
+            .await
+            .unwrap();
+        writer
+            .record(UsageRow::of(
+                &key_caller(&t.handle, Uuid::new_v4()),
+                &completion(1, 1, 1),
+            ))
+            .await
+            .unwrap();
+        // The write starts and fails before the close.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let closed = tokio::time::timeout(Duration::from_secs(10), writer.close()).await;
+        sqlx::query(sqlx::AssertSqlSafe(format!("alter role {} login", t.role)))
+            .execute(&admin)
+            .await
+            .unwrap();
+        assert!(
+            closed.is_ok(),
+            "close waited on a write that retries for ever instead of its last tries"
+        );
+        assert_eq!(usage_rows(&t).await, 0, "the record was reported lost");
+    })
+    .await;
+}

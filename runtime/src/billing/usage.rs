@@ -9,7 +9,8 @@
 //! batches are written at once.
 //!
 //! Guarantees (docs/limits.md): a record handed over is written unless the process dies, and
-//! then what is lost is at most the records of the last flush interval (plus one write). When
+//! then what is lost is the records in memory: those of the last flush interval (plus the
+//! writes in flight) while the database keeps up, up to the whole queue when it does not. When
 //! the queue is full, `record` waits for room (backpressure) rather than drop. When a write
 //! fails the batch is retried, holding the queue, so requests slow down instead of losing
 //! records. On shutdown [`UsageWriter::close`] writes whatever is queued; a record handed over
@@ -17,6 +18,8 @@
 //! `agentry_usage_write_delay_seconds`: the window a crash would have lost it in.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -34,7 +37,8 @@ use crate::tenancy::TenantId;
 /// Tuning of the usage writer.
 #[derive(Debug, Clone, Copy)]
 pub struct UsageConfig {
-    /// Longest a record waits in memory before its batch is written: the most a crash loses.
+    /// Longest a record waits in memory before its batch is started, while the database keeps
+    /// up (a record waits longer behind a full queue).
     pub flush_interval: Duration,
     /// Most records written in one batch.
     pub max_batch: usize,
@@ -207,6 +211,7 @@ async fn run(
         db,
         max_batch: config.max_batch.max(1),
         delay,
+        closing: Arc::new(AtomicBool::new(false)),
     };
     let in_flight = config.writes_in_flight.max(1);
     let mut writing = JoinSet::new();
@@ -236,6 +241,8 @@ async fn run(
             }
         }
         if closing.is_some() {
+            // Writes already in flight give up after their last tries too.
+            writer.closing.store(true, Ordering::Relaxed);
             // Senders now get their record back and write it themselves.
             rx.close();
             while let Some(c) = rx.recv().await {
@@ -246,12 +253,8 @@ async fn run(
             finished(writing.join_next().await);
         }
         if !pending.is_empty() {
-            let (writer, batch, closing) = (
-                writer.clone(),
-                std::mem::take(&mut pending),
-                closing.is_some(),
-            );
-            writing.spawn(async move { writer.write_all(batch, closing).await });
+            let (writer, batch) = (writer.clone(), std::mem::take(&mut pending));
+            writing.spawn(async move { writer.write_all(batch).await });
         }
         if !waiters.is_empty() || closing.is_some() {
             // Every record queued before a flush or the close is in a write that has started.
@@ -267,7 +270,8 @@ async fn run(
         finished(Some(done));
     }
     if !pending.is_empty() {
-        writer.write_all(pending, true).await;
+        writer.closing.store(true, Ordering::Relaxed);
+        writer.write_all(pending).await;
     }
     if let Some(done) = closing {
         let _ = done.send(());
@@ -307,6 +311,9 @@ struct BatchWriter {
     db: Db,
     max_batch: usize,
     delay: Option<Histogram>,
+    /// Set on close: a failing write then gives up after [`CLOSING_ATTEMPTS`] instead of
+    /// holding shutdown, also one that started before.
+    closing: Arc<AtomicBool>,
 }
 
 impl BatchWriter {
@@ -314,19 +321,19 @@ impl BatchWriter {
     /// backoff (holding the queue: requests wait rather than lose records); a write the
     /// database refuses for good (the tenant was deleted) is dropped and logged. While
     /// closing, a batch is tried [`CLOSING_ATTEMPTS`] times and then reported lost.
-    async fn write_all(&self, records: Vec<UsageRow>, closing: bool) {
+    async fn write_all(&self, records: Vec<UsageRow>) {
         let mut by_tenant: BTreeMap<TenantId, Vec<UsageRow>> = BTreeMap::new();
         for r in records {
             by_tenant.entry(r.tenant).or_default().push(r);
         }
         for (tenant, records) in by_tenant {
             for chunk in records.chunks(self.max_batch) {
-                self.write_chunk(tenant, chunk, closing).await;
+                self.write_chunk(tenant, chunk).await;
             }
         }
     }
 
-    async fn write_chunk(&self, tenant: TenantId, chunk: &[UsageRow], closing: bool) {
+    async fn write_chunk(&self, tenant: TenantId, chunk: &[UsageRow]) {
         let mut backoff = Duration::from_millis(100);
         let mut attempt = 0;
         loop {
@@ -340,7 +347,7 @@ impl BatchWriter {
                     tracing::error!(%tenant, records = chunk.len(), error = %e, "usage records refused by the database; dropped");
                     return;
                 }
-                Err(e) if closing && attempt >= CLOSING_ATTEMPTS => {
+                Err(e) if self.closing.load(Ordering::Relaxed) && attempt >= CLOSING_ATTEMPTS => {
                     tracing::error!(%tenant, records = chunk.len(), error = %e, "usage records could not be written before shutdown; lost");
                     return;
                 }
