@@ -295,6 +295,16 @@ fn delay_buckets(metrics: &Metrics) -> Vec<(f64, u64)> {
         .collect()
 }
 
+/// Records observed in buckets whose upper bound is below `seconds`.
+fn observed_below(buckets: &[(f64, u64)], seconds: f64) -> u64 {
+    buckets
+        .iter()
+        .filter(|&&(le, _)| le < seconds)
+        .map(|&(_, n)| n)
+        .max()
+        .unwrap_or_default()
+}
+
 #[sqlx::test(migrator = "agentry_runtime::db::MIGRATOR")]
 async fn the_write_delay_counts_the_time_a_record_was_only_in_memory(admin: PgPool) {
     let t = PgTenant::create(&admin, LimitsConfig::default(), RoleKind::Tenant).await;
@@ -341,14 +351,9 @@ async fn the_write_delay_counts_the_time_a_record_was_only_in_memory(admin: PgPo
             Some(&(f64::INFINITY, 3)),
             "one observation per record: {buckets:?}"
         );
-        let under_stall: u64 = buckets
-            .iter()
-            .filter(|&&(le, _)| le < 0.4)
-            .map(|&(_, n)| n)
-            .max()
-            .unwrap_or_default();
         assert_eq!(
-            under_stall, 0,
+            observed_below(&buckets, 0.4),
+            0,
             "the 400 ms the database held the records back count: {buckets:?}"
         );
         writer.close().await;
@@ -384,14 +389,11 @@ async fn a_batch_is_written_a_flush_interval_after_its_record_was_handed_over(ad
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         let buckets = delay_buckets(&metrics);
-        let under_three_seconds = buckets
-            .iter()
-            .filter(|&&(le, _)| le < 2.9)
-            .map(|&(_, n)| n)
-            .max()
-            .unwrap_or_default();
         assert_eq!(
-            (under_three_seconds, buckets.last().map(|&(_, n)| n)),
+            (
+                observed_below(&buckets, 2.9),
+                buckets.last().map(|&(_, n)| n)
+            ),
             (0, Some(1)),
             "the delay runs from the hand-over: {buckets:?}"
         );
