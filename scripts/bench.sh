@@ -33,6 +33,7 @@
 # shedding cap for the closed-loop runs, 1024), BENCH_OVERLOAD_MAX_IN_FLIGHT (the cap for the
 # overload run, 16),
 # BENCH_FRONT_THREAD (the runtime's --http-front-thread, true or false; default false),
+# BENCH_PACE_US (the open loop's shortest time between two releases of due requests, 250 µs),
 # CARGO_TARGET_DIR.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -52,6 +53,7 @@ pg_options="${BENCH_PG_OPTIONS:-}"
 max_in_flight="${BENCH_MAX_IN_FLIGHT:-1024}"
 overload_max_in_flight="${BENCH_OVERLOAD_MAX_IN_FLIGHT:-16}"
 front_thread="${BENCH_FRONT_THREAD:-false}"
+pace_us="${BENCH_PACE_US:-250}"
 pg="${AGENTRY_E2E_POSTGRES:-postgres://postgres@127.0.0.1:5432}"
 mkdir -p "$out"
 # One run at a time: two would share the output files, and the second would record the first's
@@ -314,7 +316,7 @@ if [ "$overload_secs" != 0 ]; then
   refuser_url=$(wait_line "$work/refuser.log" "listening on" "$refuser_pid" | sed -E 's/.*listening on (http[^ ]+).*/\1/')
   # Its warm-up requests are refused too; their messages are expected.
   "${pin_load[@]}" "$bin/loadgen" --url "$refuser_url" --model refuse-fail-503 --concurrency 1 \
-    --requests "$requests" --label overload-floor --rate "$rate" --duration-secs "$overload_secs" --pid "$refuser_pid" \
+    --requests "$requests" --label overload-floor --rate "$rate" --duration-secs "$overload_secs" --pace-us "$pace_us" --pid "$refuser_pid" \
     >"$out/overload-floor.json" 2>>"$work/refuser.log"
   kill -TERM "$refuser_pid"
   wait "$refuser_pid" 2>/dev/null || true
@@ -326,7 +328,8 @@ if [ "$overload_secs" != 0 ]; then
   # relays it first.
   settle
   echo "bench: overload, $rate req/s for ${overload_secs}s (1.5x $capacity), max in flight $overload_max_in_flight" >&2
-  run overload "$runtime_url" "$key" 1 --rate "$rate" --duration-secs "$overload_secs" --pid "$runtime_pid"
+  run overload "$runtime_url" "$key" 1 --rate "$rate" --duration-secs "$overload_secs" --pace-us "$pace_us" \
+    --pid "$runtime_pid"
   settle
   curl -fsS "http://$address/metrics" >"$out/overload-metrics.txt" || true
   cp "$work/runtime-overload.log" "$out/runtime-overload.log"
@@ -426,18 +429,19 @@ try:
     print()
     print(f"overload: offered {o['offered_rps']:.0f} req/s (sent {o['sent_rps']:.0f}) for {o['seconds']:.1f}s: "
           f"{o['ok']} ok ({o['ok_rps']:.0f} req/s), {o['shed']} shed, {o['errors']} errors, {o['not_sent']} not sent")
-    print(f"{'':<22}{'p50 ms':>9}{'p90 ms':>9}{'p99 ms':>9}{'max ms':>9}")
-    rows, runs = [("admitted", l), ("shed (503/429)", s)], [("", o)]
+    print(f"{'':<24}{'p50 ms':>9}{'p90 ms':>9}{'p99 ms':>9}{'max ms':>9}")
+    rows, runs = [("admitted", l), ("shed (503/429)", s), ("client's start lateness", o.get("start_lateness_ms") or {})], [("", o)]
     try:
         f = load("overload-floor")
         floor = f["shed_latency_ms"] or {}
         rows.append(("refusal floor (mock)", floor))
         rows.append(("  shed minus floor", {k: s.get(k, 0) - floor.get(k, 0) for k in ("p50", "p90", "p99", "max")}))
+        rows.append(("  floor's lateness", f.get("start_lateness_ms") or {}))
         runs.append(("floor ", f))
     except FileNotFoundError:
         pass
     for name, r in rows:
-        print(f"{name:<22}{r.get('p50', 0):>9.3f}{r.get('p90', 0):>9.3f}{r.get('p99', 0):>9.3f}{r.get('max', 0):>9.3f}")
+        print(f"{name:<24}{r.get('p50', 0):>9.3f}{r.get('p90', 0):>9.3f}{r.get('p99', 0):>9.3f}{r.get('max', 0):>9.3f}")
     for label, run in runs:
         for name in ("server", "client"):
             if name in run:

@@ -64,6 +64,10 @@ struct Args {
     /// (and counted as such), so that an unshed overload cannot exhaust file descriptors.
     #[arg(long, default_value_t = 4096)]
     max_open: usize,
+    /// Open loop: the shortest time between two releases of due requests, in microseconds
+    /// (each release wakes the client once; requests due meanwhile go out together).
+    #[arg(long, default_value_t = 250)]
+    pace_us: u64,
     /// Idle WebSockets: how many to open on `/ws/chat` (the URL's host, `--key` as bearer).
     #[arg(long)]
     ws_idle: Option<usize>,
@@ -129,7 +133,12 @@ async fn main() -> anyhow::Result<()> {
             args.key.as_deref(),
             target.body.clone(),
         )?);
-        let mut report = open_loop::run(&bare, rate, args.duration_secs, args.max_open).await?;
+        let schedule = open_loop::Schedule {
+            rate,
+            duration_secs: args.duration_secs,
+            pace: Duration::from_micros(args.pace_us),
+        };
+        let mut report = open_loop::run(&bare, &schedule, args.max_open).await?;
         report["label"] = json!(args.label);
         report["url"] = json!(target.endpoint);
         let answered = report["ok"].as_u64().unwrap_or(0) + report["shed"].as_u64().unwrap_or(0);

@@ -2,12 +2,25 @@
 //! its capacity has to shed (or queue) the excess. Latency runs from the scheduled start, so a
 //! late start (the client's own backlog) counts against the server rather than hiding. Requests
 //! go through [`BareClient`], the load generator's cheapest way to send them.
+//!
+//! The schedule is kept with a timer of the kernel's, not with Tokio's timers: those fire on
+//! millisecond ticks, so at 30,000 requests a second they released thirty requests at once
+//! every millisecond, each up to a millisecond after it was due, and that lateness, the
+//! client's own, was counted against the server. Due requests are released at most every
+//! `pace` (`--pace-us`): each release wakes the client once, on a core it shares with the mock.
+//! How late requests really started is reported (`start_lateness_ms`), so the client's share
+//! of every figure is in the output.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::bail;
+use rustix::time::{
+    Itimerspec, TimerfdClockId, TimerfdFlags, TimerfdTimerFlags, Timespec, timerfd_create,
+    timerfd_settime,
+};
 use serde_json::{Value, json};
+use tokio::net::unix::pipe;
 use tokio::sync::Semaphore;
 
 use super::bare_http::BareClient;
@@ -24,13 +37,28 @@ enum Outcome {
     Failed,
 }
 
-/// Sends `rate` requests per second for `duration_secs`; at most `max_open` open at once.
+/// The schedule: `rate` requests per second for `duration_secs`, released at most every
+/// `pace`.
+pub struct Schedule {
+    /// Requests started per second.
+    pub rate: f64,
+    /// How long to send.
+    pub duration_secs: f64,
+    /// The shortest time between two releases of due requests.
+    pub pace: Duration,
+}
+
+/// Sends the schedule's requests; at most `max_open` open at once.
 pub async fn run(
     target: &Arc<BareClient>,
-    rate: f64,
-    duration_secs: f64,
+    schedule: &Schedule,
     max_open: usize,
 ) -> anyhow::Result<Value> {
+    let Schedule {
+        rate,
+        duration_secs,
+        pace,
+    } = *schedule;
     if !(rate > 0.0 && duration_secs > 0.0) {
         bail!("--rate and --duration-secs must be positive");
     }
@@ -41,25 +69,42 @@ pub async fn run(
     let open = Arc::new(Semaphore::new(max_open.max(1)));
     let mut tasks = tokio::task::JoinSet::new();
     let mut not_sent = 0u64;
-    let started = tokio::time::Instant::now();
-    for i in 0..total {
-        let due = started + Duration::from_secs_f64(i as f64 / rate);
-        tokio::time::sleep_until(due).await;
-        let Ok(slot) = open.clone().try_acquire_owned() else {
-            not_sent += 1;
-            continue;
-        };
-        let target = target.clone();
-        let due = due.into_std();
-        tasks.spawn(async move {
-            let _slot = slot;
-            send(&target, due).await
-        });
+    let mut lateness = Vec::with_capacity(usize::try_from(total).unwrap_or(0));
+    let pacer = Pacer::new()?;
+    let started = Instant::now();
+    let due_at = |i: u64| started + Duration::from_secs_f64(i as f64 / rate);
+    let mut last_release: Option<Instant> = None;
+    let mut next = 0u64;
+    while next < total {
+        let mut wake = due_at(next);
+        if let Some(last) = last_release {
+            wake = wake.max(last + pace);
+        }
+        pacer.sleep_until(wake).await?;
+        // At least request `next` is due now: `wake` was not before it.
+        let now = Instant::now();
+        last_release = Some(now);
+        while next < total && due_at(next) <= now {
+            let due = due_at(next);
+            next += 1;
+            let Ok(slot) = open.clone().try_acquire_owned() else {
+                not_sent += 1;
+                continue;
+            };
+            let target = target.clone();
+            tasks.spawn(async move {
+                let _slot = slot;
+                let late = micros(due.elapsed());
+                (late, send(&target, due).await)
+            });
+        }
     }
     let sending = started.elapsed();
     let (mut ok, mut shed, mut failed) = (Vec::new(), Vec::new(), 0u64);
     while let Some(done) = tasks.join_next().await {
-        match done? {
+        let (late, outcome) = done?;
+        lateness.push(late);
+        match outcome {
             Outcome::Ok(us) => ok.push(us),
             Outcome::Shed(us) => shed.push(us),
             Outcome::Failed => failed += 1,
@@ -79,7 +124,67 @@ pub async fn run(
         "errors": failed,
         "latency_ms": summary(&mut ok),
         "shed_latency_ms": summary(&mut shed),
+        "start_lateness_ms": summary(&mut lateness),
+        "pace_us": micros(pace),
     }))
+}
+
+/// A timer of the kernel's (`timerfd`) that the client's event loop waits on: it fires within
+/// microseconds of its time where Tokio's own timers round up to the next millisecond, and it
+/// wakes the event loop directly, with no thread of its own to wake it.
+struct Pacer {
+    /// The timer, registered with Tokio's reactor as the read end of a pipe: Tokio's safe way
+    /// to watch a descriptor it is given, and a timer reads like one (readable once it has
+    /// fired, eight bytes).
+    timer: pipe::Receiver,
+}
+
+impl Pacer {
+    fn new() -> std::io::Result<Self> {
+        let fd = timerfd_create(
+            TimerfdClockId::Monotonic,
+            TimerfdFlags::NONBLOCK | TimerfdFlags::CLOEXEC,
+        )?;
+        Ok(Self {
+            timer: pipe::Receiver::from_owned_fd_unchecked(fd)?,
+        })
+    }
+
+    /// Returns at `at`; when it has passed, after letting the tasks already released run (a
+    /// client that has fallen behind its schedule still sends what it released).
+    async fn sleep_until(&self, at: Instant) -> std::io::Result<()> {
+        let wait = at.saturating_duration_since(Instant::now());
+        if wait.is_zero() {
+            tokio::task::yield_now().await;
+            return Ok(());
+        }
+        let it_value = Timespec {
+            tv_sec: i64::try_from(wait.as_secs()).unwrap_or(i64::MAX),
+            tv_nsec: i64::from(wait.subsec_nanos()),
+        };
+        let zero = Timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        timerfd_settime(
+            &self.timer,
+            TimerfdTimerFlags::empty(),
+            &Itimerspec {
+                it_interval: zero,
+                it_value,
+            },
+        )?;
+        loop {
+            self.timer.readable().await?;
+            // The expiry count; reading it clears the timer's readiness.
+            let mut expirations = [0u8; 8];
+            match self.timer.try_read(&mut expirations) {
+                Ok(_) => return Ok(()),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Err(e),
+            }
+        }
+    }
 }
 
 async fn send(target: &BareClient, due: Instant) -> Outcome {
@@ -89,5 +194,73 @@ async fn send(target: &BareClient, due: Instant) -> Outcome {
         Ok(200) => Outcome::Ok(latency),
         Ok(503 | 429) => Outcome::Shed(latency),
         _ => Outcome::Failed,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_pacer_wakes_at_its_time_and_not_before() {
+        let pacer = Pacer::new().expect("timerfd");
+        for micros in [300u64, 1_500, 250, 4_000] {
+            let at = Instant::now() + Duration::from_micros(micros);
+            pacer.sleep_until(at).await.expect("sleep");
+            assert!(Instant::now() >= at, "woke before {micros} µs had passed");
+        }
+        // A time that has passed returns at once; the timer stays usable after it.
+        let passed = Instant::now();
+        pacer.sleep_until(passed).await.expect("passed");
+        let at = Instant::now() + Duration::from_millis(2);
+        pacer.sleep_until(at).await.expect("after a passed time");
+        assert!(Instant::now() >= at);
+    }
+
+    #[tokio::test]
+    async fn a_schedule_is_sent_whole_and_each_start_is_timed() {
+        // A server that answers every request with 200 at once.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move {
+            axum::serve(
+                listener,
+                axum::Router::new().route(
+                    "/v1/chat/completions",
+                    axum::routing::post(|| async { "{}" }),
+                ),
+            )
+            .await
+        });
+        let target = Arc::new(
+            BareClient::new(
+                &format!("http://{addr}/v1/chat/completions"),
+                None,
+                b"{}".to_vec(),
+            )
+            .expect("client"),
+        );
+        let schedule = Schedule {
+            rate: 2_000.0,
+            duration_secs: 0.25,
+            pace: Duration::from_micros(250),
+        };
+        let report = run(&target, &schedule, 64).await.expect("run");
+        assert_eq!(report["scheduled"], 500);
+        assert_eq!(
+            report["ok"].as_u64().unwrap() + report["not_sent"].as_u64().unwrap(),
+            500
+        );
+        assert_eq!(report["errors"], 0);
+        assert_eq!(report["pace_us"], 250);
+        // Sending 500 requests over a quarter of a second takes at least that long: the schedule
+        // was kept, not sent in one burst.
+        assert!(report["seconds"].as_f64().unwrap() >= 0.249, "{report}");
+        assert!(
+            report["start_lateness_ms"]["p50"].as_f64().is_some(),
+            "{report}"
+        );
     }
 }
