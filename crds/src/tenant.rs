@@ -151,7 +151,9 @@ pub struct RuntimeSpec {
     pub http_front_thread: Option<bool>,
     /// Write usage records and relay events from a thread of their own at the lowest CPU
     /// priority, so that batch work does not delay requests (the runtime's
-    /// `--background-thread`, default false). See docs/limits.md, "The background thread".
+    /// `--background-thread`, default true; false runs that work among the requests, which
+    /// keeps usage records from waiting longer on a saturated replica). See docs/limits.md,
+    /// "The background thread".
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub background_thread: Option<bool>,
 }

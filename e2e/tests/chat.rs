@@ -12,7 +12,12 @@ use serde_json::{Value, json};
 async fn a_conversation_answers_in_json_and_over_sse() {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let manifests = copy_examples().unwrap();
-    let rt = DevRuntime::start(manifests.path()).await.unwrap();
+    // Usage written and events relayed among the requests, not from the background thread
+    // (the default, which e2e/tests/chat_failures.rs runs with).
+    let rt =
+        DevRuntime::start_with_env(manifests.path(), &[("AGENTRY_BACKGROUND_THREAD", "false")])
+            .await
+            .unwrap();
     let client = reqwest::Client::new();
     let key = rt.key("acme").to_owned();
 

@@ -200,10 +200,9 @@ async fn setup() -> Setup {
             ("AGENTRY_LLM_BREAKER_OPEN_MS", open_ms.as_str()),
             ("AGENTRY_LLM_RETRY_INITIAL_BACKOFF_MS", "20"),
             // These runs go through the front thread, with usage written and events relayed from
-            // the background thread (e2e/tests/chat.rs through the defaults): SSE, WebSocket
-            // upgrades and slow consumers included.
+            // the background thread (the default; e2e/tests/chat.rs runs without either): SSE,
+            // WebSocket upgrades and slow consumers included.
             ("AGENTRY_HTTP_FRONT_THREAD", "true"),
-            ("AGENTRY_BACKGROUND_THREAD", "true"),
         ],
     )
     .await

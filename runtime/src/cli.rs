@@ -83,9 +83,11 @@ pub struct CommonArgs {
           value_parser = clap::value_parser!(u8).range(0..=19))]
     pub worker_nice: u8,
     /// Write usage records and relay events from a thread of their own, `--background-nice`
-    /// levels below the threads that serve requests, with a database pool of its own. See
+    /// levels below the threads that serve requests, with a database pool of its own (on by
+    /// default; `--background-thread=false` runs that work as tasks among the requests). See
     /// docs/limits.md, "The background thread".
-    #[arg(long, env = "AGENTRY_BACKGROUND_THREAD", default_value_t = false)]
+    #[arg(long, env = "AGENTRY_BACKGROUND_THREAD", default_value_t = true,
+          action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     pub background_thread: bool,
     /// How many nice levels below the request path the background thread runs (0-19; the
     /// kernel stops at 19, the lowest priority).
@@ -177,4 +179,38 @@ pub struct MigrateArgs {
     /// Database URL of the schema owner.
     #[arg(long, env = "AGENTRY_DATABASE_URL")]
     pub database_url: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn background_thread(args: &[&str]) -> bool {
+        let cli = Cli::try_parse_from(args).unwrap();
+        cli.command.common().unwrap().background_thread
+    }
+
+    #[test]
+    fn the_background_thread_is_on_unless_turned_off() {
+        assert!(background_thread(&["agentry-runtime", "dev"]));
+        assert!(background_thread(&[
+            "agentry-runtime",
+            "dev",
+            "--background-thread"
+        ]));
+        assert!(!background_thread(&[
+            "agentry-runtime",
+            "dev",
+            "--background-thread=false"
+        ]));
+        assert!(!background_thread(&[
+            "agentry-runtime",
+            "dev",
+            "--background-thread",
+            "false"
+        ]));
+        assert!(
+            Cli::try_parse_from(["agentry-runtime", "dev", "--background-thread=maybe"]).is_err()
+        );
+    }
 }
