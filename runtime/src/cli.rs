@@ -185,8 +185,15 @@ pub struct MigrateArgs {
 mod tests {
     use super::*;
 
+    /// Parses `args` with `AGENTRY_BACKGROUND_THREAD` ignored, so that the default is what is
+    /// tested whatever the environment says.
     fn background_thread(args: &[&str]) -> bool {
-        let cli = Cli::try_parse_from(args).unwrap();
+        use clap::{CommandFactory as _, FromArgMatches as _};
+        let command = Cli::command().mut_subcommand("dev", |dev| {
+            dev.mut_arg("background_thread", |arg| arg.env(None))
+        });
+        let matches = command.try_get_matches_from(args).unwrap();
+        let cli = Cli::from_arg_matches(&matches).unwrap();
         cli.command.common().unwrap().background_thread
     }
 

@@ -24,6 +24,9 @@ use super::{micros, summary};
 /// Connections opened before the run.
 const WARM_CONNECTIONS: usize = 32;
 
+/// Most requests one run schedules.
+const MAX_SCHEDULED: u64 = 100_000_000;
+
 /// How one request ended.
 enum Outcome {
     Ok(u64),
@@ -56,6 +59,10 @@ pub async fn run(
     } = *schedule;
     if !(rate > 0.0 && duration_secs > 0.0) {
         bail!("--rate and --duration-secs must be positive");
+    }
+    // Every request's outcome is kept (exact percentiles), so a schedule must fit in memory.
+    if rate * duration_secs > MAX_SCHEDULED as f64 {
+        bail!("--rate times --duration-secs schedules more than {MAX_SCHEDULED} requests");
     }
     // Connections opened before the schedule starts, so that its first milliseconds do not
     // pay for handshakes; answers (refusals included) do not matter here.
@@ -187,6 +194,22 @@ mod tests {
             last = upto;
         }
         assert_eq!(last, 20, "the pacer stopped early");
+    }
+
+    #[tokio::test]
+    async fn the_pacer_releases_no_more_often_than_its_pace() {
+        // Due every 50 µs, released at most every 2 ms: each release carries several.
+        let pace = Duration::from_millis(2);
+        let started = Instant::now();
+        let due_at = move |i: u64| started + Duration::from_micros(i * 50);
+        let mut released = start_pacer(200, pace, due_at).expect("pacer");
+        let mut releases = Vec::new();
+        while let Some(upto) = released.recv().await {
+            releases.push((upto, Instant::now()));
+        }
+        assert_eq!(releases.last().map(|r| r.0), Some(200));
+        // 10 ms of schedule at one release per 2 ms at most: six releases at most.
+        assert!(releases.len() <= 6, "{} releases", releases.len());
     }
 
     #[tokio::test]
