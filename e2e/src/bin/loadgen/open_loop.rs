@@ -24,8 +24,8 @@ use super::{micros, summary};
 /// Connections opened before the run.
 const WARM_CONNECTIONS: usize = 32;
 
-/// Most requests one run schedules.
-const MAX_SCHEDULED: u64 = 100_000_000;
+/// Most requests one run schedules: two samples of eight bytes are kept for each.
+const MAX_SCHEDULED: u64 = 10_000_000;
 
 /// How one request ended.
 enum Outcome {
