@@ -25,7 +25,7 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 struct Setup {
-    _h: Harness,
+    harness: Harness,
     app: axum::Router,
     addr: std::net::SocketAddr,
     acme: String,
@@ -48,7 +48,7 @@ async fn setup_with(admin: PgPool, streams: Option<u32>, config: HttpConfig) -> 
     let (_, acme) = h.insert_key("acme", &["chat"]).await;
     let addr = serve(app.clone()).await;
     Setup {
-        _h: h,
+        harness: h,
         app,
         addr,
         acme,
@@ -223,7 +223,13 @@ async fn cancel_stops_a_turn_and_reports_done_cancelled(admin: PgPool) {
     let s = setup(admin, None).await;
     let c = s.conversation().await;
     let mut ws = s.connect().await;
-    // Both frames go out at once: the cancel is read while the turn still stores its message.
+    // The turn cannot store its messages while this lock is held, so it is still running when
+    // the cancel is read, however fast it would otherwise finish.
+    let mut lock = s.harness.admin.acquire().await.unwrap();
+    sqlx::raw_sql("begin; lock table agentry.messages in exclusive mode")
+        .execute(&mut *lock)
+        .await
+        .unwrap();
     send(
         &mut ws,
         json!({"type": "message", "conversationId": c, "content": "Hello there"}),
@@ -234,6 +240,7 @@ async fn cancel_stops_a_turn_and_reports_done_cancelled(admin: PgPool) {
     let done = events.last().unwrap();
     assert_eq!(done["type"], "done", "{events:?}");
     assert_eq!(done["cancelled"], true, "{events:?}");
+    sqlx::raw_sql("rollback").execute(&mut *lock).await.unwrap();
     // Nothing of the turn follows, and a cancel with nothing running is an error.
     send(&mut ws, json!({"type": "cancel", "conversationId": c})).await;
     let e = next(&mut ws).await;
