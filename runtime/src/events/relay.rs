@@ -40,6 +40,37 @@ pub const NOTIFY_CHANNEL: &str = "agentry_outbox";
 /// tenant's events leave in id order even with several replicas ("OBX1").
 const LOCK_CLASS: i32 = 0x4f42_5831;
 
+/// The next `$2` pending events of tenant `$1`, in id order, their outbox rows locked.
+///
+/// Each event is found by its primary key from its outbox row (a lateral lookup with a limit,
+/// which the planner cannot turn into a join): a plain join of the two tables let the planner
+/// merge the outbox with every event the tenant ever had, read in key order, for each batch
+/// (30,000 rows read for a batch of 100 in a benchmark, growing with the audit log). Public
+/// for the test that bounds the rows it reads.
+pub const PENDING_BATCH: &str = "\
+    select e.id, e.type, e.version, e.subject, e.actor, e.data, e.traceparent, e.created_at
+    from agentry.event_outbox o
+    cross join lateral (
+      select e.id, e.type, e.version, e.subject, e.actor, e.data, e.traceparent, e.created_at
+      from agentry.events e
+      where e.tenant_id = o.tenant_id and e.id = o.event_id
+      limit 1) e
+    where o.tenant_id = $1
+    order by o.event_id
+    limit $2
+    for update of o skip locked";
+
+/// How many events of tenant `$1` wait in the outbox, and the age in seconds of the oldest:
+/// read every second, so it looks up only the pending events, as [`PENDING_BATCH`] does.
+pub const PENDING_GAUGES: &str = "\
+    select count(*), coalesce(extract(epoch from now() - min(e.created_at)), 0)::bigint
+    from agentry.event_outbox o
+    cross join lateral (
+      select e.created_at from agentry.events e
+      where e.tenant_id = o.tenant_id and e.id = o.event_id
+      limit 1) e
+    where o.tenant_id = $1";
+
 /// How the relay publishes.
 #[derive(Debug, Clone)]
 pub struct RelayConfig {
@@ -339,19 +370,11 @@ impl Relay {
         }
         // `skip locked` as well: a relay without the advisory lock (another version) never
         // publishes the rows this one holds.
-        let rows: Vec<Pending> = sqlx::query_as(
-            "select e.id, e.type, e.version, e.subject, e.actor, e.data, e.traceparent, e.created_at
-             from agentry.event_outbox o
-             join agentry.events e on e.tenant_id = o.tenant_id and e.id = o.event_id
-             where o.tenant_id = $1
-             order by o.event_id
-             limit $2
-             for update of o skip locked",
-        )
-        .bind(tenant.id.0)
-        .bind(i64::from(self.config.batch_size))
-        .fetch_all(&mut *tx)
-        .await?;
+        let rows: Vec<Pending> = sqlx::query_as(PENDING_BATCH)
+            .bind(tenant.id.0)
+            .bind(i64::from(self.config.batch_size))
+            .fetch_all(&mut *tx)
+            .await?;
         if rows.is_empty() {
             tx.commit().await?;
             return Ok(0);
@@ -490,16 +513,10 @@ impl Relay {
         for tenant in self.tenants.all() {
             let read = async {
                 let mut tx = self.db.begin(tenant.id).await?;
-                let row: (i64, i64) = sqlx::query_as(
-                    "select count(*),
-                            coalesce(extract(epoch from now() - min(e.created_at)), 0)::bigint
-                     from agentry.event_outbox o
-                     join agentry.events e on e.tenant_id = o.tenant_id and e.id = o.event_id
-                     where o.tenant_id = $1",
-                )
-                .bind(tenant.id.0)
-                .fetch_one(&mut *tx)
-                .await?;
+                let row: (i64, i64) = sqlx::query_as(PENDING_GAUGES)
+                    .bind(tenant.id.0)
+                    .fetch_one(&mut *tx)
+                    .await?;
                 tx.commit().await?;
                 Ok::<_, RelayError>(row)
             }
