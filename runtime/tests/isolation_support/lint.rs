@@ -16,7 +16,32 @@ pub async fn problems(
     problems.extend(indexes_lead_with_tenant(admin, tables, index_exceptions).await);
     problems.extend(no_rls_bypassing_views(admin).await);
     problems.extend(definers_are_pinned(admin).await);
+    problems.extend(policy_functions_keep_their_plans(admin).await);
     problems.extend(app_grants(admin).await);
+    problems
+}
+
+/// The functions the policies call are PL/pgSQL: a SQL function that cannot be inlined (a
+/// SECURITY DEFINER one) is planned again in every statement that calls it (migration 0009).
+async fn policy_functions_keep_their_plans(admin: &PgPool) -> Vec<String> {
+    let languages: Vec<(String, String)> = sqlx::query_as(
+        "select p.proname::text, l.lanname::text
+           from pg_proc p
+           join pg_namespace n on n.oid = p.pronamespace
+           join pg_language l on l.oid = p.prolang
+          where n.nspname = 'agentry' and p.proname in ('current_tenant', 'session_is_shared')",
+    )
+    .fetch_all(admin)
+    .await
+    .unwrap();
+    let mut problems: Vec<String> = languages
+        .iter()
+        .filter(|(_, language)| language != "plpgsql")
+        .map(|(function, language)| format!("{function}: language {language}, want plpgsql"))
+        .collect();
+    if languages.len() != 2 {
+        problems.push(format!("policy functions found: {languages:?}"));
+    }
     problems
 }
 
