@@ -9,6 +9,8 @@
 # own, as a replica with a CPU request has, and the crowding is on the load's core, which
 # only makes the added latency look worse (docs/benchmarks.md). Prints a table; raw JSON goes
 # to target/bench/.
+# At concurrency 1 it also measures what crossing between the cores costs on this machine
+# (the load on the runtime's core, straight at the mock): the runtime's path crosses twice.
 # Before each direct/runtime pair and the overload it waits until earlier usage rows are
 # written and their events relayed, so that runs do not measure each other's background work.
 # Loopback only; every run is a bounded request count, so the whole script ends by itself.
@@ -34,6 +36,8 @@
 # overload run, 16),
 # BENCH_FRONT_THREAD (the runtime's --http-front-thread, true or false; default false),
 # BENCH_PACE_US (the open loop's shortest time between two releases of due requests, 250 µs),
+# BENCH_SLOW_MS (100: the upstream's answer time in the slow-upstream runs; 0 skips them),
+# BENCH_SLOW_RATE (their requests per second, 1000), BENCH_SLOW_SECS (how long each, 3),
 # CARGO_TARGET_DIR.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -54,6 +58,9 @@ max_in_flight="${BENCH_MAX_IN_FLIGHT:-1024}"
 overload_max_in_flight="${BENCH_OVERLOAD_MAX_IN_FLIGHT:-16}"
 front_thread="${BENCH_FRONT_THREAD:-false}"
 pace_us="${BENCH_PACE_US:-250}"
+slow_ms="${BENCH_SLOW_MS:-100}"
+slow_rate="${BENCH_SLOW_RATE:-1000}"
+slow_secs="${BENCH_SLOW_SECS:-3}"
 pg="${AGENTRY_E2E_POSTGRES:-postgres://postgres@127.0.0.1:5432}"
 mkdir -p "$out"
 # One run at a time: two would share the output files, and the second would record the first's
@@ -264,6 +271,14 @@ for c in $concurrencies; do
   settle
   run "direct-c$c" "$mock_url" "$upstream_key" "$c"
   run "runtime-c$c" "$runtime_url" "$key" "$c" --pid "$runtime_pid"
+  if [ "$c" = 1 ] && [ ${#pin_runtime[@]} -gt 0 ]; then
+    # What the layout itself adds: through the runtime a request crosses between the two
+    # cores twice there and back (load -> runtime -> mock and back), straight to the mock not
+    # at all, and on a VM each crossing wakes the other, idle, vCPU. One crossing there and
+    # back, measured: the load on the runtime's core (idle meanwhile), straight at the mock.
+    "${pin_runtime[@]}" "$bin/loadgen" --url "$mock_url" --key "$upstream_key" --concurrency 1 \
+      --requests "$requests" --label direct-crossing-c1 >"$out/direct-crossing-c1.json"
+  fi
 done
 if [ "$stream" = 1 ]; then
   for c in $stream_concurrencies; do
@@ -271,6 +286,26 @@ if [ "$stream" = 1 ]; then
     settle
     run "direct-stream-c$c" "$mock_url" "$upstream_key" "$c" --stream
     run "runtime-stream-c$c" "$runtime_url" "$key" "$c" --stream --pid "$runtime_pid"
+  done
+fi
+
+if [ "$slow_ms" != 0 ]; then
+  # An upstream as slow as a real model: the mock waits $slow_ms before each answer (the
+  # `#slow` directive in the message), so that about rate x time requests are in flight and
+  # the runtime holds them all while it waits. Open loop, so that requests arrive spread out
+  # as independent users send them (a closed loop's users all return, and send again, in the
+  # same millisecond); plain and streamed, against the same mock directly.
+  message=$'#slow '"$slow_ms"$'\nSay hello in five words.'
+  in_flight=$(python3 -c "print(max(32, round(1.2 * $slow_rate * $slow_ms / 1000)))")
+  slow=(--message "$message" --rate "$slow_rate" --duration-secs "$slow_secs" --pace-us "$pace_us"
+    --warmup 8 --warm-connections "$in_flight")
+  echo "bench: upstream answering after ${slow_ms} ms, $slow_rate req/s for ${slow_secs}s" >&2
+  for kind in slow slow-stream; do
+    extra=()
+    [ "$kind" = slow-stream ] && extra=(--stream)
+    settle
+    run "direct-$kind" "$mock_url" "$upstream_key" 1 "${slow[@]}" "${extra[@]}"
+    run "runtime-$kind" "$runtime_url" "$key" 1 "${slow[@]}" "${extra[@]}" --pid "$runtime_pid"
   done
 fi
 
@@ -342,6 +377,10 @@ def load(name):
     with open(f"{out}/{name}.json") as f:
         return json.load(f)
 print(f"{'run':<22}{'conc':>5}{'ok':>7}{'err':>5}{'req/s':>10}{'p50 ms':>9}{'p90 ms':>9}{'p99 ms':>9}{'max ms':>9}")
+def added(label, d, t, lead):
+    """The percentile-by-percentile difference `t - d` (dicts of p50/p90/p99), after `lead`."""
+    if d and t:
+        print(f"{label:<22}{lead}" + "".join(f"{t[p] - d[p]:>9.3f}" for p in ("p50", "p90", "p99")))
 rows = []
 for c in cs:
     for kind in ("direct", "runtime"):
@@ -350,19 +389,30 @@ for c in cs:
         print(f"{kind:<22}{c:>5}{r['ok']:>7}{r['errors']:>5}{r['rps']:>10.0f}"
               f"{l.get('p50', 0):>9.3f}{l.get('p90', 0):>9.3f}{l.get('p99', 0):>9.3f}{l.get('max', 0):>9.3f}")
     d, t = load(f"direct-c{c}")["latency_ms"], load(f"runtime-c{c}")["latency_ms"]
-    if d and t:
-        print(f"{'  added by runtime':<22}{c:>5}{'':>7}{'':>5}{'':>10}"
-              f"{t['p50'] - d['p50']:>9.3f}{t['p90'] - d['p90']:>9.3f}{t['p99'] - d['p99']:>9.3f}")
+    added("  added by runtime", d, t, f"{c:>5}{'':>22}")
+    try:
+        x = load(f"direct-crossing-c{c}")
+    except FileNotFoundError:
+        x = None
+    if x and d and x["latency_ms"]:
+        l = x["latency_ms"]
+        print(f"{'direct, load on CPU 0':<22}{c:>5}{x['ok']:>7}{x['errors']:>5}{x['rps']:>10.0f}"
+              f"{l['p50']:>9.3f}{l['p90']:>9.3f}{l['p99']:>9.3f}{l['max']:>9.3f}")
+        added("  one core crossing", d, l, f"{c:>5}{'':>22}")
+        print("  (a crossing there and back, straight to the mock; the runtime's path has two)")
     rows.append((c, load(f"runtime-c{c}")))
 print()
 print("runtime process during each run (all threads, from /proc/<pid>/task/*/schedstat):")
-print(f"{'conc':>5}{'CPU us/request':>16}{'CPU busy':>10}{'waited for CPU ms':>19}{'one-core capacity req/s':>25}")
+print(f"{'conc':>5}{'CPU us/request':>16}{'CPU busy':>10}{'waited for CPU ms':>19}{'one-core capacity req/s':>25}"
+      f"{'steal ms per CPU':>18}")
 for c, r in rows:
     s = r.get("server")
     if s:
         busy = s["cpu_ms"] / 1000 / r["seconds"]
+        # Steal: how long the VM's host ran something else on each CPU during the run.
+        steal = "/".join(f"{x:.0f}" for x in s.get("steal_ms_per_cpu", []))
         print(f"{c:>5}{s['cpu_us_per_request']:>16.1f}{busy:>10.0%}{s['runqueue_wait_ms']:>19.0f}"
-              f"{1e6 / max(s['cpu_us_per_request'], 1e-9):>25.0f}")
+              f"{1e6 / max(s['cpu_us_per_request'], 1e-9):>25.0f}{steal:>18}")
 streamed = sorted(int(f.rsplit("-c", 1)[1].split(".")[0])
                   for f in glob.glob(os.path.join(out, "runtime-stream-c*.json")))
 if streamed:
@@ -374,9 +424,27 @@ for c in streamed:
         f = r["ttft_ms"] or {}
         print(f"{name:<22}{c:>5}{r['rps']:>10.0f}{f.get('p50', 0):>9.3f}{f.get('p90', 0):>9.3f}"
               f"{f.get('p99', 0):>9.3f}")
-    if d["ttft_ms"] and t["ttft_ms"]:
-        print(f"{'  added by runtime':<22}{c:>5}{'':>10}" + "".join(
-            f"{t['ttft_ms'][p] - d['ttft_ms'][p]:>9.3f}" for p in ("p50", "p90", "p99")))
+    added("  added by runtime", d["ttft_ms"], t["ttft_ms"], f"{c:>5}{'':>10}")
+for kind in ("slow", "slow-stream"):
+    try:
+        d, t = load(f"direct-{kind}"), load(f"runtime-{kind}")
+    except FileNotFoundError:
+        continue
+    if kind == "slow":
+        print()
+        print(f"slow upstream, open loop at {t['offered_rps']:.0f} req/s (latency from each scheduled start; streams read to the end)")
+        print(f"{'':<22}{'ok':>7}{'err':>5}{'req/s':>10}{'p50 ms':>9}{'p90 ms':>9}{'p99 ms':>9}{'max ms':>9}")
+    for name, r in ((f"direct {kind[5:] or 'plain'}", d), (f"runtime {kind[5:] or 'plain'}", t)):
+        l = r["latency_ms"] or {}
+        print(f"{name:<22}{r['ok']:>7}{r['errors'] + r['shed']:>5}{r['ok_rps']:>10.0f}"
+              f"{l.get('p50', 0):>9.3f}{l.get('p90', 0):>9.3f}{l.get('p99', 0):>9.3f}{l.get('max', 0):>9.3f}")
+    added("  added by runtime", d["latency_ms"], t["latency_ms"], f"{'':>22}")
+    s = t.get("server")
+    if s:
+        steal = "/".join(f"{x:.0f}" for x in s.get("steal_ms_per_cpu", []))
+        print(f"  runtime: {s['cpu_us_per_request']:.1f} CPU us per request, "
+              f"{s['cpu_ms'] / 1000 / t['seconds']:.0%} busy, waited {s['runqueue_wait_ms']:.0f} ms for a CPU; "
+              f"steal {steal} ms per CPU")
 for f in sorted(glob.glob(os.path.join(out, "runtime-agent-c*.json"))):
     r = json.load(open(f))
     c = int(f.rsplit("-c", 1)[1].split(".")[0])

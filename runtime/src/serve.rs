@@ -116,9 +116,31 @@ pub struct Runtime {
     background: Option<BackgroundThread>,
 }
 
+/// Connects NATS from a task on `on` (in the background: the outbox keeps events while NATS
+/// is away). The client's connection task, which writes every publish to the socket and hands
+/// out every acknowledgement, runs on the runtime that connects, and the outbox relay is the
+/// only publisher: so with the background thread the client lives there with the relay, and a
+/// publish never wakes the request path's workers (it did once per event while the client lived
+/// on the workers' runtime: docs/benchmarks.md).
+pub async fn connect_nats(
+    url: &str,
+    on: &tokio::runtime::Handle,
+) -> anyhow::Result<async_nats::Client> {
+    let url = url.to_owned();
+    on.spawn(async move {
+        async_nats::ConnectOptions::new()
+            .retry_on_initial_connect()
+            .name("agentry-runtime")
+            .connect(url.as_str())
+            .await
+            .with_context(|| format!("NATS URL {url:?}"))
+    })
+    .await
+    .context("connecting NATS")?
+}
+
 impl Runtime {
-    /// Connects NATS (in the background: the outbox keeps events while NATS is away) and
-    /// builds the state and background tasks.
+    /// Connects NATS ([`connect_nats`]) and builds the state and background tasks.
     pub async fn start(
         db: Db,
         tenants: Arc<TenantRegistry>,
@@ -126,12 +148,6 @@ impl Runtime {
         dev_mode: bool,
     ) -> anyhow::Result<Self> {
         let shutdown = shutdown_signal();
-        let nats = async_nats::ConnectOptions::new()
-            .retry_on_initial_connect()
-            .name("agentry-runtime")
-            .connect(common.nats_url.as_str())
-            .await
-            .with_context(|| format!("NATS URL {:?}", common.nats_url))?;
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(60))
             .build()
@@ -154,6 +170,7 @@ impl Runtime {
             Some(thread) => (db.sibling(BACKGROUND_CONNECTIONS), thread.handle().clone()),
             None => (db.clone(), tokio::runtime::Handle::current()),
         };
+        let nats = connect_nats(&common.nats_url, &on_background).await?;
         let usage = UsageWriter::spawn_on(
             batch_db.clone(),
             common.usage_config(),

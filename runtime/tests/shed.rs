@@ -293,3 +293,35 @@ fn the_background_thread_runs_below_the_request_path() {
         std::thread::sleep(Duration::from_millis(10));
     }
 }
+
+/// NATS is connected from the runtime it is given, and the client's connection task (which
+/// writes every publish to the socket and hands out every acknowledgement) stays there: with
+/// the background thread it runs beside the relay, not among the request path's workers.
+#[test]
+fn nats_connects_on_the_runtime_it_is_given() {
+    use agentry_runtime::priority::BackgroundThread;
+    use agentry_runtime::serve::connect_nats;
+    let url =
+        std::env::var("AGENTRY_TEST_NATS_URL").unwrap_or_else(|_| "127.0.0.1:4222".to_owned());
+    let background = BackgroundThread::spawn(0).unwrap();
+    let workers = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let on_workers = workers.metrics().num_alive_tasks();
+    let on_background = background.handle().metrics().num_alive_tasks();
+    let client = workers
+        .block_on(connect_nats(&url, background.handle()))
+        .unwrap();
+    assert_eq!(
+        workers.metrics().num_alive_tasks(),
+        on_workers,
+        "the client left a task on the workers' runtime"
+    );
+    assert!(
+        background.handle().metrics().num_alive_tasks() > on_background,
+        "the client's connection task is not on the background runtime"
+    );
+    drop(client);
+}

@@ -56,6 +56,29 @@ async fn usage_rows(t: &PgTenant) -> i64 {
     .await
 }
 
+/// A writer whose flush window no test waits for (an hour): only a full batch, a flush or the
+/// close write its records.
+async fn writer_without_window(t: &PgTenant, max_batch: usize, queue: usize) -> UsageWriter {
+    UsageWriter::spawn(
+        t.db(2).await,
+        UsageConfig {
+            flush_interval: Duration::from_secs(3600),
+            max_batch,
+            queue,
+            ..UsageConfig::default()
+        },
+    )
+}
+
+/// Waits until the tenant has `rows` usage rows; fails with `what` after `within`.
+async fn wait_for_rows(t: &PgTenant, rows: i64, within: Duration, what: &str) {
+    let started = Instant::now();
+    while usage_rows(t).await < rows {
+        assert!(started.elapsed() < within, "{what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 #[sqlx::test(migrator = "agentry_runtime::db::MIGRATOR")]
 async fn records_are_written_within_the_flush_interval_with_their_events(admin: PgPool) {
     let t = PgTenant::create(&admin, LimitsConfig::default(), RoleKind::Tenant).await;
@@ -78,14 +101,7 @@ async fn records_are_written_within_the_flush_interval_with_their_events(admin: 
                 .await
                 .unwrap();
         }
-        let started = Instant::now();
-        while usage_rows(&t).await < 10 {
-            assert!(
-                started.elapsed() < Duration::from_secs(5),
-                "records were not written"
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        wait_for_rows(&t, 10, Duration::from_secs(5), "records were not written").await;
         let (key_id, model, tokens_in, tokens_out, cost, created_at): (
             Option<Uuid>,
             String,
@@ -139,16 +155,8 @@ async fn records_are_written_within_the_flush_interval_with_their_events(admin: 
 async fn close_writes_everything_queued_and_later_records_directly(admin: PgPool) {
     let t = PgTenant::create(&admin, LimitsConfig::default(), RoleKind::Tenant).await;
     t.guard(async {
-        // An interval no test waits for: only `close` can write these.
-        let writer = UsageWriter::spawn(
-            t.db(2).await,
-            UsageConfig {
-                flush_interval: Duration::from_secs(3600),
-                max_batch: 100_000,
-                queue: 10_000,
-                ..UsageConfig::default()
-            },
-        );
+        // No batch fills the queue: only `close` can write these.
+        let writer = writer_without_window(&t, 100_000, 10_000).await;
         let mut senders = tokio::task::JoinSet::new();
         for s in 0..8 {
             let (writer, caller) = (writer.clone(), user_caller(&t.handle, &format!("u{s}")));
@@ -362,6 +370,93 @@ async fn the_write_delay_counts_the_time_a_record_was_only_in_memory(admin: PgPo
 }
 
 #[sqlx::test(migrator = "agentry_runtime::db::MIGRATOR")]
+async fn a_full_batch_is_written_without_waiting_for_its_window(admin: PgPool) {
+    let t = PgTenant::create(&admin, LimitsConfig::default(), RoleKind::Tenant).await;
+    t.guard(async {
+        let writer = writer_without_window(&t, 10, 100).await;
+        let caller = key_caller(&t.handle, Uuid::new_v4());
+        for i in 0..15 {
+            writer
+                .record(UsageRow::of(&caller, &completion(i, 1, 1)))
+                .await
+                .unwrap();
+        }
+        wait_for_rows(
+            &t,
+            10,
+            Duration::from_secs(10),
+            "a full batch waited for its window",
+        )
+        .await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(
+            usage_rows(&t).await,
+            10,
+            "the next batch waits for its window"
+        );
+        writer.close().await;
+        assert_eq!(usage_rows(&t).await, 15);
+    })
+    .await;
+}
+
+/// The writer sleeps out a batch's window instead of waking for every record: on the runtime's
+/// background thread, which shares the request path's core, each wake-up was a switch away from
+/// the request path and back, once per request.
+#[cfg(target_os = "linux")]
+#[sqlx::test(migrator = "agentry_runtime::db::MIGRATOR")]
+async fn records_wake_the_writer_once_a_batch_not_once_a_record(admin: PgPool) {
+    let t = PgTenant::create(&admin, LimitsConfig::default(), RoleKind::Tenant).await;
+    t.guard(async {
+        let background = agentry_runtime::priority::BackgroundThread::spawn(0).unwrap();
+        let thread = background
+            .handle()
+            .spawn(async { std::fs::read_link("/proc/thread-self").unwrap() })
+            .await
+            .unwrap();
+        let status = std::path::Path::new("/proc").join(thread).join("status");
+        let wakes = || -> u64 {
+            let status = std::fs::read_to_string(&status).unwrap();
+            let line = status
+                .lines()
+                .find(|l| l.starts_with("voluntary_ctxt_switches:"))
+                .unwrap();
+            line.split_whitespace().nth(1).unwrap().parse().unwrap()
+        };
+        let writer = UsageWriter::spawn_on(
+            t.db(2).await,
+            UsageConfig {
+                flush_interval: Duration::from_secs(2),
+                ..UsageConfig::default()
+            },
+            background.handle(),
+            None,
+        );
+        // The writer waits on its empty queue.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let before = wakes();
+        let caller = key_caller(&t.handle, Uuid::new_v4());
+        for i in 0..100 {
+            writer
+                .record(UsageRow::of(&caller, &completion(i, 1, 1)))
+                .await
+                .unwrap();
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let woken = wakes() - before;
+        assert!(
+            woken <= 10,
+            "the writer's thread was woken {woken} times for 100 records in one window"
+        );
+        assert_eq!(usage_rows(&t).await, 0, "the window is not over");
+        writer.close().await;
+        assert_eq!(usage_rows(&t).await, 100);
+        drop(background);
+    })
+    .await;
+}
+
+#[sqlx::test(migrator = "agentry_runtime::db::MIGRATOR")]
 async fn a_batch_is_written_a_flush_interval_after_its_record_was_handed_over(admin: PgPool) {
     let t = PgTenant::create(&admin, LimitsConfig::default(), RoleKind::Tenant).await;
     t.guard(async {
@@ -380,15 +475,22 @@ async fn a_batch_is_written_a_flush_interval_after_its_record_was_handed_over(ad
         let mut record = UsageRow::of(&key_caller(&t.handle, Uuid::new_v4()), &completion(1, 1, 1));
         record.at -= chrono::TimeDelta::seconds(3);
         writer.record(record).await.unwrap();
+        wait_for_rows(
+            &t,
+            1,
+            Duration::from_secs(1),
+            "the batch waited for a window that had already passed",
+        )
+        .await;
+        // The delay is observed just after the commit that made the row visible.
         let started = Instant::now();
-        while usage_rows(&t).await < 1 {
-            assert!(
-                started.elapsed() < Duration::from_secs(1),
-                "the batch waited for a window that had already passed"
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
+        let mut buckets = delay_buckets(&metrics);
+        while buckets.last().is_none_or(|&(_, n)| n == 0)
+            && started.elapsed() < Duration::from_secs(1)
+        {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            buckets = delay_buckets(&metrics);
         }
-        let buckets = delay_buckets(&metrics);
         assert_eq!(
             (
                 observed_below(&buckets, 2.9),

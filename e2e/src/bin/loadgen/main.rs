@@ -39,6 +39,10 @@ struct Args {
     /// Model to ask for.
     #[arg(long, default_value = "fast")]
     model: String,
+    /// The user message sent. The mock upstream reads directives from it, such as `#slow 100`
+    /// on a line of its own (wait 100 ms before answering): an upstream as slow as a real one.
+    #[arg(long, default_value = "Say hello in five words.")]
+    message: String,
     /// Requests in flight at once.
     #[arg(long, default_value_t = 1)]
     concurrency: u64,
@@ -68,6 +72,10 @@ struct Args {
     /// (each release wakes the client once; requests due meanwhile go out together).
     #[arg(long, default_value_t = 250)]
     pace_us: u64,
+    /// Open loop: connections opened before the schedule starts (one request each); about as
+    /// many as the run keeps open at once (its rate times the server's answer time).
+    #[arg(long, default_value_t = 32)]
+    warm_connections: usize,
     /// Idle WebSockets: how many to open on `/ws/chat` (the URL's host, `--key` as bearer).
     #[arg(long)]
     ws_idle: Option<usize>,
@@ -105,7 +113,7 @@ async fn main() -> anyhow::Result<()> {
         key: args.key.clone(),
         body: serde_json::to_vec(&json!({
             "model": args.model,
-            "messages": [{"role": "user", "content": "Say hello in five words."}],
+            "messages": [{"role": "user", "content": args.message}],
             "stream": args.stream,
             "max_tokens": 16,
         }))?,
@@ -123,7 +131,7 @@ async fn main() -> anyhow::Result<()> {
         return Ok(());
     }
     if let Some(rate) = args.rate {
-        run(&target, 4, args.warmup).await?;
+        let (warmed, _) = run(&target, 4, args.warmup).await?;
         let before = args.pid.map(server_cpu::sample).transpose()?;
         // The generator's own CPU: an open loop this fast can saturate the load's core, and
         // then a late send, not the server, is what the latency figures carry.
@@ -137,17 +145,21 @@ async fn main() -> anyhow::Result<()> {
             rate,
             duration_secs: args.duration_secs,
             pace: Duration::from_micros(args.pace_us),
+            warm_connections: args.warm_connections,
         };
         let mut report = open_loop::run(&bare, &schedule, args.max_open).await?;
         report["label"] = json!(args.label);
         report["url"] = json!(target.endpoint);
+        // Every answered request, the warm-ups' included (the usage check counts them).
+        report["warmup_ok"] =
+            json!(report["warmup_ok"].as_u64().unwrap_or(0) + warmed.len() as u64);
         let answered = report["ok"].as_u64().unwrap_or(0) + report["shed"].as_u64().unwrap_or(0);
         if let (Some(before), Some(after)) = (before, args.pid.map(server_cpu::sample).transpose()?)
         {
-            report["server"] = server_cpu::report(before, after, answered as usize);
+            report["server"] = server_cpu::report(&before, &after, answered as usize);
         }
         if let (Some(before), Ok(after)) = (client_before, server_cpu::sample(std::process::id())) {
-            report["client"] = server_cpu::report(before, after, answered as usize);
+            report["client"] = server_cpu::report(&before, &after, answered as usize);
         }
         println!("{report}");
         return Ok(());
@@ -179,7 +191,7 @@ async fn main() -> anyhow::Result<()> {
         report["ttft_ms"] = summary(&mut firsts);
     }
     if let (Some(before), Some(after)) = (sched_before, sched_after) {
-        report["server"] = server_cpu::report(before, after, samples.len());
+        report["server"] = server_cpu::report(&before, &after, samples.len());
     }
     println!("{report}");
     Ok(())
