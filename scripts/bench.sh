@@ -381,6 +381,9 @@ def added(label, d, t, lead):
     """The percentile-by-percentile difference `t - d` (dicts of p50/p90/p99), after `lead`."""
     if d and t:
         print(f"{label:<22}{lead}" + "".join(f"{t[p] - d[p]:>9.3f}" for p in ("p50", "p90", "p99")))
+def steal_of(server):
+    """How long the VM's host ran something else on each CPU during the run, as `cpu0/cpu1` ms."""
+    return "/".join(f"{x:.0f}" for x in server.get("steal_ms_per_cpu", []))
 rows = []
 for c in cs:
     for kind in ("direct", "runtime"):
@@ -409,10 +412,8 @@ for c, r in rows:
     s = r.get("server")
     if s:
         busy = s["cpu_ms"] / 1000 / r["seconds"]
-        # Steal: how long the VM's host ran something else on each CPU during the run.
-        steal = "/".join(f"{x:.0f}" for x in s.get("steal_ms_per_cpu", []))
         print(f"{c:>5}{s['cpu_us_per_request']:>16.1f}{busy:>10.0%}{s['runqueue_wait_ms']:>19.0f}"
-              f"{1e6 / max(s['cpu_us_per_request'], 1e-9):>25.0f}{steal:>18}")
+              f"{1e6 / max(s['cpu_us_per_request'], 1e-9):>25.0f}{steal_of(s):>18}")
 streamed = sorted(int(f.rsplit("-c", 1)[1].split(".")[0])
                   for f in glob.glob(os.path.join(out, "runtime-stream-c*.json")))
 if streamed:
@@ -441,10 +442,9 @@ for kind in ("slow", "slow-stream"):
     added("  added by runtime", d["latency_ms"], t["latency_ms"], f"{'':>22}")
     s = t.get("server")
     if s:
-        steal = "/".join(f"{x:.0f}" for x in s.get("steal_ms_per_cpu", []))
         print(f"  runtime: {s['cpu_us_per_request']:.1f} CPU us per request, "
               f"{s['cpu_ms'] / 1000 / t['seconds']:.0%} busy, waited {s['runqueue_wait_ms']:.0f} ms for a CPU; "
-              f"steal {steal} ms per CPU")
+              f"steal {steal_of(s)} ms per CPU")
 for f in sorted(glob.glob(os.path.join(out, "runtime-agent-c*.json"))):
     r = json.load(open(f))
     c = int(f.rsplit("-c", 1)[1].split(".")[0])

@@ -6,7 +6,8 @@
 use anyhow::Context as _;
 use serde_json::{Value, json};
 
-/// Nanoseconds on a CPU and waiting for one, summed over the threads of `pid`.
+/// Nanoseconds on a CPU and waiting for one, summed over the threads of `pid`, and the
+/// machine's steal time per CPU at the same moment.
 #[derive(Debug, Clone, Default)]
 pub struct Sched {
     run_ns: u64,
