@@ -420,3 +420,37 @@ async fn the_background_task_flushes_until_shutdown(admin: PgPool) {
     })
     .await;
 }
+
+/// `reserve` and `settle` run on every metered request, whose futures are moved by value
+/// (into a spawned task, through the middleware): the database calls they rarely make are
+/// boxed, so that a future of theirs is not the ~15 KB of an inline query.
+#[sqlx::test(migrator = "agentry_runtime::db::MIGRATOR")]
+async fn reserving_and_settling_are_small_futures(admin: PgPool) {
+    let cost = 25_000;
+    let t = PgTenant::create(
+        &admin,
+        budget(100 * cost, BudgetAction::Block),
+        RoleKind::Tenant,
+    )
+    .await;
+    t.guard(async {
+        let replicas = replicas(&t, 1, &config()).await;
+        let reserve = replicas[0].reserve(&t.handle, cost);
+        let size = std::mem::size_of_val(&reserve);
+        assert!(
+            size <= 2048,
+            "the future of Budgets::reserve is {size} bytes"
+        );
+        let reservation = reserve.await.unwrap();
+        let settle = replicas[0].settle(reservation, cost);
+        let size = std::mem::size_of_val(&settle);
+        assert!(
+            size <= 2048,
+            "the future of Budgets::settle is {size} bytes"
+        );
+        settle.await.unwrap();
+        replicas[0].flush().await;
+        assert_eq!(t.ledger().await, (100 * cost, cost, 0));
+    })
+    .await;
+}

@@ -551,3 +551,25 @@ async fn close_gives_up_on_a_write_to_an_unreachable_database(admin: PgPool) {
     })
     .await;
 }
+
+/// Handing a record over is on every metered request's path, whose futures are moved by value:
+/// the write a closed writer does directly is boxed, so that `record`'s future is not the
+/// ~15 KB of an inline batch write.
+#[sqlx::test(migrator = "agentry_runtime::db::MIGRATOR")]
+async fn handing_a_record_over_is_a_small_future(admin: PgPool) {
+    let t = PgTenant::create(&admin, LimitsConfig::default(), RoleKind::Tenant).await;
+    t.guard(async {
+        let writer = writer_without_window(&t, 10, 100).await;
+        let caller = key_caller(&t.handle, Uuid::new_v4());
+        let record = writer.record(UsageRow::of(&caller, &completion(1, 1, 1)));
+        let size = std::mem::size_of_val(&record);
+        assert!(
+            size <= 2048,
+            "the future of UsageWriter::record is {size} bytes"
+        );
+        record.await.unwrap();
+        writer.close().await;
+        assert_eq!(usage_rows(&t).await, 1);
+    })
+    .await;
+}

@@ -317,7 +317,9 @@ impl Budgets {
             block: action == BudgetAction::Block,
             estimate,
         };
-        let granted = ledger::lease(&self.db, &req).await;
+        // Boxed, as is `sync` in `settle`: a database call inline would make every caller's
+        // future ~15 KB bigger for a path taken once a slice.
+        let granted = Box::pin(ledger::lease(&self.db, &req)).await;
         let mut s = cell.state.lock();
         match granted {
             Ok(g) => {
@@ -363,7 +365,7 @@ impl Budgets {
         actual_micros: i64,
     ) -> Result<(), ApiError> {
         if let Some((cell, true)) = reservation.settle_local(actual_micros)
-            && let Err(e) = self.sync(&cell).await
+            && let Err(e) = Box::pin(self.sync(&cell)).await
         {
             // The spend stays in memory and the next flush retries.
             tracing::warn!(tenant = %cell.tenant, error = %e, "budget flush failed");

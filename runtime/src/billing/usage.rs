@@ -187,8 +187,15 @@ impl UsageWriter {
                 }
                 Ok(())
             }
+            // Boxed: inline, this rarely taken write would make every caller's future ~15 KB
+            // bigger, and futures are moved by value on the request path.
             Err(mpsc::error::SendError(Command::Record(record))) => {
-                write(&self.db, record.tenant, std::slice::from_ref(&record)).await
+                Box::pin(write(
+                    &self.db,
+                    record.tenant,
+                    std::slice::from_ref(&record),
+                ))
+                .await
             }
             Err(_) => Ok(()),
         }

@@ -206,7 +206,7 @@ impl Authenticator {
                 }
                 if self.keys.len() >= KEY_CACHE_MAX {
                     // Full of fresh entries: answer without caching rather than grow.
-                    return self.query(key_id).await;
+                    return Box::pin(self.query(key_id)).await;
                 }
                 match self.keys.entry(key_id.to_owned()) {
                     // Another request may have started a lookup meanwhile: share it.
@@ -222,7 +222,12 @@ impl Authenticator {
                 }
             }
         };
-        let row = lookup.cell.get_or_try_init(|| self.query(key_id)).await?;
+        // The query is boxed: inline, the database call a cache hit never makes would make
+        // every request's future several KB bigger, and futures are moved by value.
+        let row = lookup
+            .cell
+            .get_or_try_init(|| Box::pin(self.query(key_id)))
+            .await?;
         Ok(row.clone())
     }
 

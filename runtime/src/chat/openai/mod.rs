@@ -112,7 +112,10 @@ async fn completions(
         None
     };
     if let Some(agent) = agent {
-        let (conversation, history) = start_conversation(&state, &caller, agent, &messages).await?;
+        // The agent's path is boxed: its database calls would otherwise make this handler's
+        // future (moved by value on every request, catalog models' too) ~18 KB.
+        let (conversation, history) =
+            Box::pin(start_conversation(&state, &caller, agent, &messages)).await?;
         let agent = agent.to_owned();
         if let Some(permit) = permit {
             let (tx, rx) = mpsc::unbounded_channel::<TurnEvent>();
@@ -128,10 +131,12 @@ async fn completions(
             let chunks = sse::Chunks::new(id, body.model.clone(), body.include_usage());
             return sse::respond(chunks, rx, done_rx).await;
         }
-        let result = Turn::new(state, caller, conversation, agent, None)
-            .with_history(history)
-            .run()
-            .await?;
+        let result = Box::pin(
+            Turn::new(state, caller, conversation, agent, None)
+                .with_history(history)
+                .run(),
+        )
+        .await?;
         let content = match (&result.message, &result.approval) {
             (Some(m), _) => m.content.clone(),
             (None, Some(a)) => format!(

@@ -63,21 +63,42 @@ impl Finished {
 pub(super) type Done = oneshot::Receiver<Result<Finished, ApiError>>;
 
 /// Writes the chunks of one answer.
+///
+/// A text delta is most of a stream's chunks (one per token), so its JSON is the escaped text
+/// between a prefix and a suffix built once per answer, not a `Value` built per token.
 #[derive(Debug)]
 pub(super) struct Chunks {
     id: String,
     model: String,
     created: i64,
     include_usage: bool,
+    /// A text chunk up to its escaped text: `{"id":..,"choices":[{..,"delta":{"content":`.
+    text_prefix: String,
+    /// The rest of a text chunk after its text.
+    text_suffix: &'static str,
 }
 
 impl Chunks {
     pub fn new(id: String, model: String, include_usage: bool) -> Arc<Self> {
+        let created = chrono::Utc::now().timestamp();
+        let text_prefix = format!(
+            r#"{{"id":{},"object":"chat.completion.chunk","created":{created},"model":{},"choices":[{{"index":0,"delta":{{"content":"#,
+            Value::from(id.as_str()),
+            Value::from(model.as_str()),
+        );
+        // OpenAI sends `usage` (null until the last chunk) only when it was asked for.
+        let text_suffix = if include_usage {
+            r#"},"finish_reason":null}],"usage":null}"#
+        } else {
+            r#"},"finish_reason":null}]}"#
+        };
         Arc::new(Self {
             id,
             model,
-            created: chrono::Utc::now().timestamp(),
+            created,
             include_usage,
+            text_prefix,
+            text_suffix,
         })
     }
 
@@ -85,7 +106,6 @@ impl Chunks {
         let mut chunk = json!({"id": self.id, "object": "chat.completion.chunk",
                                "created": self.created, "model": self.model,
                                "choices": choices});
-        // OpenAI sends `usage` (null until the last chunk) only when it was asked for.
         if self.include_usage {
             chunk["usage"] = usage.unwrap_or(Value::Null);
         }
@@ -100,7 +120,14 @@ impl Chunks {
     }
 
     fn text(&self, text: &str) -> String {
-        self.delta(json!({"content": text}), None)
+        let mut chunk =
+            Vec::with_capacity(self.text_prefix.len() + text.len() + 2 + self.text_suffix.len());
+        chunk.extend_from_slice(self.text_prefix.as_bytes());
+        // Writing a `&str` into a `Vec` cannot fail.
+        let _ = serde_json::to_writer(&mut chunk, text);
+        chunk.extend_from_slice(self.text_suffix.as_bytes());
+        // Built from UTF-8 strings and serde_json's escaping of one.
+        String::from_utf8(chunk).unwrap_or_default()
     }
 
     /// The chunks after the last delta.
@@ -200,4 +227,31 @@ fn oneshot_ready(result: Result<Result<Finished, ApiError>, oneshot::error::Recv
         let _ = tx.send(result);
     }
     rx
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_text_chunk_is_the_chunk_a_value_would_make() {
+        for include_usage in [false, true] {
+            let chunks = Chunks::new(
+                "chatcmpl-\"1\"".to_owned(),
+                "agent/süpport".to_owned(),
+                include_usage,
+            );
+            for text in ["Hello", "", "a \"quoted\"\nline\\ with \u{1} and ünïcode ✓"] {
+                let built: Value = serde_json::from_str(&chunks.text(text)).unwrap();
+                let expected: Value =
+                    serde_json::from_str(&chunks.delta(json!({"content": text}), None)).unwrap();
+                assert_eq!(
+                    built, expected,
+                    "include_usage {include_usage}, text {text:?}"
+                );
+                assert_eq!(built["choices"][0]["delta"]["content"], text);
+                assert_eq!(built.get("usage").is_some(), include_usage);
+            }
+        }
+    }
 }
