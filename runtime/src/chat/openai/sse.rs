@@ -126,8 +126,10 @@ impl Chunks {
         // Writing a `&str` into a `Vec` cannot fail.
         let _ = serde_json::to_writer(&mut chunk, text);
         chunk.extend_from_slice(self.text_suffix.as_bytes());
-        // Built from UTF-8 strings and serde_json's escaping of one.
-        String::from_utf8(chunk).unwrap_or_default()
+        // Built from UTF-8 strings and serde_json's escaping of one, so always valid; the
+        // fallback keeps the text rather than drop it.
+        String::from_utf8(chunk)
+            .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
     }
 
     /// The chunks after the last delta.
