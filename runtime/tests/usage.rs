@@ -70,6 +70,20 @@ async fn writer_without_window(t: &PgTenant, max_batch: usize, queue: usize) -> 
     )
 }
 
+/// Hands `n` small records of a new API key over to `writer`, `pause` apart (none when zero).
+async fn hand_over(writer: &UsageWriter, t: &PgTenant, n: u32, pause: Duration) {
+    let caller = key_caller(&t.handle, Uuid::new_v4());
+    for i in 0..n {
+        writer
+            .record(UsageRow::of(&caller, &completion(i, 1, 1)))
+            .await
+            .unwrap();
+        if !pause.is_zero() {
+            tokio::time::sleep(pause).await;
+        }
+    }
+}
+
 /// Waits until the tenant has `rows` usage rows; fails with `what` after `within`.
 async fn wait_for_rows(t: &PgTenant, rows: i64, within: Duration, what: &str) {
     let started = Instant::now();
@@ -335,13 +349,7 @@ async fn the_write_delay_counts_the_time_a_record_was_only_in_memory(admin: PgPo
             .execute(&mut blocker)
             .await
             .unwrap();
-        let caller = key_caller(&t.handle, Uuid::new_v4());
-        for i in 0..3 {
-            writer
-                .record(UsageRow::of(&caller, &completion(i, 1, 1)))
-                .await
-                .unwrap();
-        }
+        hand_over(&writer, &t, 3, Duration::ZERO).await;
         tokio::time::sleep(Duration::from_millis(400)).await;
         assert!(
             delay_buckets(&metrics).iter().all(|&(_, n)| n == 0),
@@ -374,13 +382,7 @@ async fn a_full_batch_is_written_without_waiting_for_its_window(admin: PgPool) {
     let t = PgTenant::create(&admin, LimitsConfig::default(), RoleKind::Tenant).await;
     t.guard(async {
         let writer = writer_without_window(&t, 10, 100).await;
-        let caller = key_caller(&t.handle, Uuid::new_v4());
-        for i in 0..15 {
-            writer
-                .record(UsageRow::of(&caller, &completion(i, 1, 1)))
-                .await
-                .unwrap();
-        }
+        hand_over(&writer, &t, 15, Duration::ZERO).await;
         wait_for_rows(
             &t,
             10,
@@ -435,14 +437,7 @@ async fn records_wake_the_writer_once_a_batch_not_once_a_record(admin: PgPool) {
         // The writer waits on its empty queue.
         tokio::time::sleep(Duration::from_millis(50)).await;
         let before = wakes();
-        let caller = key_caller(&t.handle, Uuid::new_v4());
-        for i in 0..100 {
-            writer
-                .record(UsageRow::of(&caller, &completion(i, 1, 1)))
-                .await
-                .unwrap();
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
+        hand_over(&writer, &t, 100, Duration::from_millis(1)).await;
         let woken = wakes() - before;
         assert!(
             woken <= 10,
