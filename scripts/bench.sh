@@ -482,6 +482,13 @@ def write_delay(name):
         return None
     at = lambda q: next(le for le, n in buckets if n >= q * total)
     return total, at(0.5), at(0.99), at(1.0)
+def queue_full(name):
+    """agentry_usage_queue_full_total in `name`: records whose request waited for room."""
+    with open(f"{out}/{name}") as f:
+        for line in f:
+            if line.startswith("agentry_usage_queue_full_total "):
+                return int(float(line.split()[1]))
+    return 0
 for name, label in (("runtime-metrics.txt", "the closed-loop runs"), ("overload-metrics.txt", "the overload run")):
     try:
         d = write_delay(name)
@@ -490,7 +497,8 @@ for name, label in (("runtime-metrics.txt", "the closed-loop runs"), ("overload-
     if d:
         print()
         print(f"usage write delay during {label} ({d[0]} batched records; bucket upper bounds): "
-              f"p50 <= {d[1] * 1000:.0f} ms, p99 <= {d[2] * 1000:.0f} ms, max <= {d[3] * 1000:.0f} ms")
+              f"p50 <= {d[1] * 1000:.0f} ms, p99 <= {d[2] * 1000:.0f} ms, max <= {d[3] * 1000:.0f} ms; "
+              f"{queue_full(name)} waited for room in the full queue")
 try:
     o = load("overload")
     l, s = o["latency_ms"] or {}, o["shed_latency_ms"] or {}

@@ -101,6 +101,8 @@ pub struct Metrics {
     /// Seconds from a batched usage record's model call finishing to its batch committing:
     /// how long it was only in memory, which is what a crash would lose.
     pub usage_write_delay: Histogram,
+    /// Batched usage records whose request waited for room in the writer's full queue.
+    pub usage_queue_full: Counter,
     /// Bundle reloads by result.
     pub bundle_reloads: Family<ReloadLabels, Counter>,
     /// Circuit breaker state per provider: 0 closed, 1 open, 2 half-open.
@@ -161,6 +163,7 @@ impl Metrics {
         let events_published = Family::<TenantLabels, Counter>::default();
         // 5 ms to 41 s: the flush window (50 ms by default) up to a stalled database.
         let usage_write_delay = Histogram::new(exponential_buckets(0.005, 2.0, 14));
+        let usage_queue_full = Counter::default();
         let bundle_reloads = Family::<ReloadLabels, Counter>::default();
         let provider_circuit_state = Family::<ProviderLabels, Gauge>::default();
         let tool_circuit_state = Family::<TenantToolLabels, Gauge>::default();
@@ -202,6 +205,11 @@ impl Metrics {
             "usage_write_delay_seconds",
             "Time from a batched usage record's model call finishing to its batch committing",
             usage_write_delay.clone(),
+        );
+        registry.register(
+            "usage_queue_full",
+            "Batched usage records whose request waited for room in the writer's full queue",
+            usage_queue_full.clone(),
         );
         registry.register(
             "bundle_reloads",
@@ -248,6 +256,7 @@ impl Metrics {
             outbox_lag_seconds,
             events_published,
             usage_write_delay,
+            usage_queue_full,
             bundle_reloads,
             provider_circuit_state,
             tool_circuit_state,

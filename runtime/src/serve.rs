@@ -175,7 +175,7 @@ impl Runtime {
             batch_db.clone(),
             common.usage_config(),
             &on_background,
-            Some(metrics.usage_write_delay.clone()),
+            Some(&metrics),
         );
         let llm = Arc::new(
             LlmGateway::new(http.clone(), LlmConfig::from_env(dev_mode))

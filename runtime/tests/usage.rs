@@ -1,7 +1,7 @@
 //! The batched usage writer against real PostgreSQL, connected as a tenant role: records are
 //! written within the flush interval with their events, everything queued is written on
-//! close, a full queue makes callers wait instead of dropping, no record is lost, and the
-//! time each record was only in memory is observed.
+//! close, a full queue makes callers wait (and counts them) instead of dropping, no record is
+//! lost, and the time each record was only in memory is observed.
 
 #![expect(
     clippy::unwrap_used,
@@ -211,7 +211,8 @@ async fn a_full_queue_makes_callers_wait_and_loses_nothing(admin: PgPool) {
     let t = PgTenant::create(&admin, LimitsConfig::default(), RoleKind::Tenant).await;
     t.guard(async {
         let (queue, max_batch, writes_in_flight) = (4, 2, 2);
-        let writer = UsageWriter::spawn(
+        let metrics = Metrics::new();
+        let writer = UsageWriter::spawn_on(
             t.db(2).await,
             UsageConfig {
                 flush_interval: Duration::from_millis(5),
@@ -219,6 +220,8 @@ async fn a_full_queue_makes_callers_wait_and_loses_nothing(admin: PgPool) {
                 queue,
                 writes_in_flight,
             },
+            &tokio::runtime::Handle::current(),
+            Some(&metrics),
         );
         // Holding the table lock stalls every write, as a slow database would.
         let mut blocker = sqlx::PgConnection::connect_with(&admin.connect_options())
@@ -249,6 +252,12 @@ async fn a_full_queue_makes_callers_wait_and_loses_nothing(admin: PgPool) {
         assert!(
             waiting >= total as usize - queue - (writes_in_flight + 1) * max_batch,
             "only {waiting} of {total} callers wait for room"
+        );
+        // Each caller that found the queue full is counted (one may have found room since).
+        let counted = metrics.usage_queue_full.get();
+        assert!(
+            counted >= waiting as u64 && counted <= u64::from(total),
+            "{counted} counted for {waiting} callers waiting"
         );
         let stalled_writes: i64 = sqlx::query_scalar(
             "select count(*) from pg_stat_activity
@@ -339,7 +348,7 @@ async fn the_write_delay_counts_the_time_a_record_was_only_in_memory(admin: PgPo
                 ..UsageConfig::default()
             },
             &tokio::runtime::Handle::current(),
-            Some(metrics.usage_write_delay.clone()),
+            Some(&metrics),
         );
         // A stalled database: the records stay in memory until the lock goes.
         let mut blocker = sqlx::PgConnection::connect_with(&admin.connect_options())
@@ -361,6 +370,11 @@ async fn the_write_delay_counts_the_time_a_record_was_only_in_memory(admin: PgPo
             .unwrap();
         writer.flush().await;
         assert_eq!(usage_rows(&t).await, 3);
+        assert_eq!(
+            metrics.usage_queue_full.get(),
+            0,
+            "a stalled write alone makes nobody wait while the queue has room"
+        );
         let buckets = delay_buckets(&metrics);
         assert_eq!(
             buckets.last(),
@@ -465,7 +479,7 @@ async fn a_batch_is_written_a_flush_interval_after_its_record_was_handed_over(ad
                 ..UsageConfig::default()
             },
             &tokio::runtime::Handle::current(),
-            Some(metrics.usage_write_delay.clone()),
+            Some(&metrics),
         );
         let mut record = UsageRow::of(&key_caller(&t.handle, Uuid::new_v4()), &completion(1, 1, 1));
         record.at -= chrono::TimeDelta::seconds(3);

@@ -15,7 +15,9 @@
 //! fails the batch is retried, holding the queue, so requests slow down instead of losing
 //! records. On shutdown [`UsageWriter::close`] writes whatever is queued; a record handed over
 //! after that is written directly. How long each batched record waited is observed in
-//! `agentry_usage_write_delay_seconds`: the window a crash would have lost it in.
+//! `agentry_usage_write_delay_seconds`: the window a crash would have lost it in; records that
+//! waited for room in a full queue are counted in `agentry_usage_queue_full_total`: the
+//! requests the database's pace slowed down.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -23,8 +25,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::histogram::Histogram;
 use serde_json::{Value, json};
+use tokio::sync::mpsc::error::{SendError, TrySendError};
 use tokio::sync::{Notify, mpsc, oneshot};
 use tokio::task::JoinSet;
 use uuid::Uuid;
@@ -32,6 +36,7 @@ use uuid::Uuid;
 use crate::db::{Db, DbError};
 use crate::gateway::Caller;
 use crate::llm::Completion;
+use crate::metrics::Metrics;
 use crate::tenancy::TenantId;
 
 /// Tuning of the usage writer.
@@ -149,6 +154,8 @@ pub struct UsageWriter {
     wake: Arc<Notify>,
     /// Records queued that make a full batch with the one the waiting writer holds.
     rest_of_a_batch: usize,
+    /// `agentry_usage_queue_full_total`, when observed.
+    queue_full: Option<Counter>,
 }
 
 impl UsageWriter {
@@ -158,29 +165,43 @@ impl UsageWriter {
     }
 
     /// Starts the background writer on `runtime` (the runtime's background thread, or the
-    /// current one). Each written record's time in memory, from its call finishing to its
-    /// batch committing, is observed in `delay`.
+    /// current one). With `metrics`, each written record's time in memory, from its call
+    /// finishing to its batch committing, is observed in `agentry_usage_write_delay_seconds`,
+    /// and each record that waited for room in `agentry_usage_queue_full_total`.
     pub fn spawn_on(
         db: Db,
         config: UsageConfig,
         runtime: &tokio::runtime::Handle,
-        delay: Option<Histogram>,
+        metrics: Option<&Metrics>,
     ) -> Self {
         let (tx, rx) = mpsc::channel(config.queue.max(1));
         let wake = Arc::new(Notify::new());
+        let delay = metrics.map(|m| m.usage_write_delay.clone());
         runtime.spawn(run(db.clone(), config, rx, wake.clone(), delay));
         Self {
             db,
             tx,
             wake,
             rest_of_a_batch: config.max_batch.clamp(1, config.queue.max(1)) - 1,
+            queue_full: metrics.map(|m| m.usage_queue_full.clone()),
         }
     }
 
     /// Queues `record`, waiting while the queue is full. Once the writer has closed, writes
     /// the record directly.
     pub async fn record(&self, record: UsageRow) -> Result<(), DbError> {
-        match self.tx.send(Command::Record(record)).await {
+        let sent = match self.tx.try_send(Command::Record(record)) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(command)) => {
+                // The database is behind: this request waits for room, and is counted.
+                if let Some(counter) = &self.queue_full {
+                    counter.inc();
+                }
+                self.tx.send(command).await
+            }
+            Err(TrySendError::Closed(command)) => Err(SendError(command)),
+        };
+        match sent {
             Ok(()) => {
                 if self.tx.max_capacity() - self.tx.capacity() >= self.rest_of_a_batch {
                     self.wake.notify_one();

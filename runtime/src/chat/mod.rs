@@ -310,7 +310,8 @@ async fn post_message(
     match permit {
         Some(permit) => Ok(sse::respond(state, caller, id, agent, permit)),
         None => {
-            let result = Turn::new(state, caller, id, agent, None).run().await?;
+            // Boxed: an agent's turn is a large future, and this one would be moved by value.
+            let result = Box::pin(Turn::new(state, caller, id, agent, None).run()).await?;
             Ok(Json(result).into_response())
         }
     }
@@ -400,8 +401,11 @@ async fn decide_approval(
             .await?
             .ok_or_else(|| ApiError::not_found("no pending approval with this id"))?;
     let (conversation, agent) = (approval.conversation_id, approval.agent.clone());
-    let result = Turn::new(state, caller, conversation, agent, None)
-        .resume(approval, body.approve, body.comment)
-        .await?;
+    let result = Box::pin(Turn::new(state, caller, conversation, agent, None).resume(
+        approval,
+        body.approve,
+        body.comment,
+    ))
+    .await?;
     Ok(Json(result))
 }

@@ -29,9 +29,7 @@ pub(super) fn respond(
         let _permit = permit;
         // The turn owns the sender and drops it when it returns, so the client sees every
         // event of the turn before `done`.
-        let result = Turn::new(state, caller, conversation, agent, Some(tx))
-            .run()
-            .await;
+        let result = Box::pin(Turn::new(state, caller, conversation, agent, Some(tx)).run()).await;
         let last = match result {
             Ok(result) => Event::default()
                 .event("done")

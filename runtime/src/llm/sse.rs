@@ -208,16 +208,18 @@ impl State {
             if self.finished {
                 return None;
             }
-            let provider = self.assembler.provider.clone();
             match tokio::time::timeout(self.idle, self.body.next()).await {
                 Err(_) => {
                     return self.fail(LlmError::Timeout {
-                        provider,
+                        provider: self.assembler.provider.clone(),
                         timeout_ms: u64::try_from(self.idle.as_millis()).unwrap_or(u64::MAX),
                     });
                 }
                 Ok(Some(Err(message))) => {
-                    return self.fail(LlmError::Connect { provider, message });
+                    return self.fail(LlmError::Connect {
+                        provider: self.assembler.provider.clone(),
+                        message,
+                    });
                 }
                 Ok(Some(Ok(bytes))) => self.decoder.push(&bytes, &mut self.events),
                 Ok(None) => {

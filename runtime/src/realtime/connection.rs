@@ -257,7 +257,8 @@ async fn run_turn(
         Err(e) => turn.error(e.code, &e.message),
         Ok(agent) => {
             let (tx, rx) = mpsc::unbounded_channel();
-            let running = Turn::new(state, caller, turn.conversation, agent, Some(tx)).run();
+            let running =
+                Box::pin(Turn::new(state, caller, turn.conversation, agent, Some(tx)).run());
             let forwarding = forward(rx, &out, &turn, &config, &slow);
             // The turn owns the sender, so forwarding ends once the turn has returned.
             let (result, ()) = tokio::join!(running, forwarding);

@@ -147,7 +147,8 @@ impl JwksCache {
             // Another request may have fetched while this one waited.
             if source.snapshot().last_attempt == seen.last_attempt {
                 source.snapshot.write().last_attempt = Some(Instant::now());
-                let result = fetch(http, url).await;
+                // Boxed: a rare HTTP call that would otherwise size every JWT request's future.
+                let result = Box::pin(fetch(http, url)).await;
                 let mut snap = source.snapshot.write();
                 match result {
                     Ok(keys) => {
