@@ -22,6 +22,7 @@ use crate::http::ApiJson;
 use crate::llm::{ChatRequest, Message, Role};
 use crate::state::AppState;
 
+mod answer;
 pub mod errors;
 mod sse;
 pub mod wire;
@@ -146,7 +147,13 @@ async fn completions(
             (None, None) => String::new(),
         };
         let finished = sse::Finished::text(result.usage);
-        return Ok(Json(completion_body(&id, &body.model, &content, &finished)).into_response());
+        return Ok(Json(answer::Completion::new(
+            &id,
+            &body.model,
+            &content,
+            &finished,
+        ))
+        .into_response());
     }
     let request = ChatRequest {
         messages,
@@ -173,7 +180,13 @@ async fn completions(
     }
     let c = metered(&state, &caller, &plan, &request, None).await?;
     let finished = sse::Finished::completion(&c);
-    Ok(Json(completion_body(&id, &body.model, &c.content, &finished)).into_response())
+    Ok(Json(answer::Completion::new(
+        &id,
+        &body.model,
+        &c.content,
+        &finished,
+    ))
+    .into_response())
 }
 
 /// One metered call of a catalog model, with its usage row.
@@ -236,20 +249,4 @@ async fn start_conversation(
         .map(|m| Message::new(m.role, m.content.clone()))
         .collect();
     Ok((conversation.id, history))
-}
-
-fn completion_body(id: &str, model: &str, content: &str, finished: &sse::Finished) -> Value {
-    let mut message = json!({"role": "assistant", "content": content});
-    if !finished.tool_calls.is_empty() {
-        message["tool_calls"] = wire::tool_calls(&finished.tool_calls);
-        if content.is_empty() {
-            message["content"] = Value::Null;
-        }
-    }
-    json!({
-        "id": id, "object": "chat.completion", "created": chrono::Utc::now().timestamp(),
-        "model": model,
-        "choices": [{"index": 0, "message": message, "finish_reason": finished.finish_reason}],
-        "usage": finished.usage_json(),
-    })
 }

@@ -17,6 +17,7 @@ use futures::stream;
 use serde_json::{Value, json};
 use tokio::sync::{mpsc, oneshot};
 
+use super::answer::Usage;
 use super::{errors, wire};
 use crate::agents::{TurnEvent, TurnUsage};
 use crate::error::{ApiError, ApiResult};
@@ -50,12 +51,6 @@ impl Finished {
             tool_calls: c.tool_calls.clone(),
             finish_reason: wire::finish_reason(&c.finish_reason),
         }
-    }
-
-    /// OpenAI's `usage` object.
-    pub fn usage_json(&self) -> Value {
-        json!({"prompt_tokens": self.input_tokens, "completion_tokens": self.output_tokens,
-               "total_tokens": self.input_tokens + self.output_tokens})
     }
 }
 
@@ -163,7 +158,7 @@ impl Chunks {
         }
         out.push(self.delta(json!({}), Some(finished.finish_reason)));
         if self.include_usage {
-            out.push(self.chunk(json!([]), Some(finished.usage_json())));
+            out.push(self.chunk(json!([]), Some(json!(Usage::of(&finished)))));
         }
         out
     }

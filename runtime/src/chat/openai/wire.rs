@@ -261,17 +261,6 @@ pub fn finish_reason(reason: &FinishReason) -> &'static str {
     }
 }
 
-/// Tool calls as OpenAI writes them in a message.
-pub fn tool_calls(calls: &[ToolCall]) -> Value {
-    calls
-        .iter()
-        .map(|c| {
-            json!({"id": c.id, "type": "function",
-                   "function": {"name": c.name, "arguments": c.arguments}})
-        })
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
