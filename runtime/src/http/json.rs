@@ -155,21 +155,16 @@ mod tests {
 
     #[tokio::test]
     async fn a_body_of_the_wrong_shape_is_422_naming_the_field() {
-        let err = extract(
-            Some("application/json"),
-            r#"{"model":"m","messages":[{"role":1}]}"#,
-        )
-        .await
-        .unwrap_err();
-        assert_eq!(err.status, StatusCode::UNPROCESSABLE_ENTITY);
-        assert!(err.message.contains("messages[0].role"), "{}", err.message);
-        let err = extract(
-            Some("application/json"),
-            r#"{"model":"m","messages":[],"x":1}"#,
-        )
-        .await
-        .unwrap_err();
-        assert_eq!(err.status, StatusCode::UNPROCESSABLE_ENTITY);
-        assert!(err.message.contains('x'), "{}", err.message);
+        for (body, named) in [
+            (
+                r#"{"model":"m","messages":[{"role":1}]}"#,
+                "messages[0].role",
+            ),
+            (r#"{"model":"m","messages":[],"x":1}"#, "unknown field `x`"),
+        ] {
+            let err = extract(Some("application/json"), body).await.unwrap_err();
+            assert_eq!(err.status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+            assert!(err.message.contains(named), "{}", err.message);
+        }
     }
 }

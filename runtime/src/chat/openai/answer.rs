@@ -36,7 +36,7 @@ struct AssistantMessage<'a> {
 
 /// `{"id", "type": "function", "function": {"name", "arguments"}}`.
 #[derive(Debug, Serialize)]
-pub(super) struct FunctionCall<'a> {
+struct FunctionCall<'a> {
     id: &'a str,
     #[serde(rename = "type")]
     kind: &'static str,
@@ -50,7 +50,7 @@ struct FunctionCallBody<'a> {
 }
 
 impl<'a> FunctionCall<'a> {
-    pub fn of(call: &'a ToolCall) -> Self {
+    fn of(call: &'a ToolCall) -> Self {
         Self {
             id: &call.id,
             kind: "function",
